@@ -1,0 +1,52 @@
+"""Process-wide settings applied before any third-party import: offline by default, no telemetry.
+
+Ultralytics otherwise downloads Arial.ttf and checks for updates; gradio sends analytics; huggingface_hub
+retries a hub it cannot reach. ``SPINE_ONLINE=1`` lets the hub download path try the network.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("SPINE_CACHE_DIR", Path.home() / ".cache" / "spine_ui"))
+
+
+def configure() -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    if os.environ.get("SPINE_ONLINE") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(CACHE_DIR / "ultralytics")))
+    _place_fonts(cfg / "Ultralytics")
+
+
+def _place_fonts(target: Path) -> None:
+    """Give ultralytics its fonts locally (matplotlib ships DejaVu Sans) so it never downloads them."""
+    wanted = [target / "Arial.ttf", target / "Arial.Unicode.ttf"]
+    if all(p.exists() for p in wanted):
+        return
+    try:
+        import matplotlib
+
+        src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        target.mkdir(parents=True, exist_ok=True)
+        for p in wanted:
+            if not p.exists():
+                shutil.copyfile(src, p)
+    except (ImportError, OSError):  # plotting labels degrade; nothing else depends on it
+        pass
+
+
+def restore_threads(n: int = 0) -> int:
+    """Ultralytics pins torch to (cores - 1) threads; put torch back to ``n`` (0: all cores)."""
+    import torch
+
+    n = n or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -1,0 +1,162 @@
+"""Configuration: one frozen dataclass per concern. The bundle manifest stores the model-facing ones
+(preprocess, triage, detector, explain) so a bundle fully describes how it must be served."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: VinDr-SpineXR lesion types: the data key (as spelled in the CSV) and the display name.
+LESION_CLASSES: tuple[str, ...] = (
+    "Osteophytes",
+    "Disc space narrowing",
+    "Surgical implant",
+    "Spondylolysthesis",
+    "Foraminal stenosis",
+    "Vertebral collapse",
+    "Other lesions",
+)
+DISPLAY_NAMES: dict[str, str] = {"Spondylolysthesis": "Spondylolisthesis"}
+
+
+def display_name(label: str) -> str:
+    """Human spelling of a VinDr data key (the CSV writes "Spondylolysthesis")."""
+    return DISPLAY_NAMES.get(label, label)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Limits for untrusted uploads, checked from headers before any pixel buffer is allocated."""
+
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 80_000_000  # ~ 9000 x 9000; real radiographs are below 4300 x 4300
+    max_side: int = 16_384
+    min_side: int = 32
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The one preprocessing policy shared by training and serving."""
+
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    working_size: int = 1024  # long side of the CLAHE image (detector input and display)
+    resize: str = "stretch"  # "stretch" to a square model input, or "letterbox"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """One DERNet member."""
+
+    arch: str
+    input_size: int
+    weight: float
+    cam_layer: str
+
+
+DEFAULT_CLASSIFIERS: tuple[ClassifierSpec, ...] = (
+    ClassifierSpec("densenet121", 384, 0.42, "features.norm5"),
+    ClassifierSpec("tf_efficientnetv2_s", 384, 0.32, "bn2"),
+    ClassifierSpec("resnet50", 384, 0.26, "layer4"),
+)
+
+
+@dataclass(frozen=True)
+class TriageConfig:
+    """Weighted soft voting with a gate; TTA views are names from ``spine_ui.triage.TTA_VIEWS``."""
+
+    gate: float = 0.478
+    tta_views: tuple[str, ...] = ("identity", "hflip", "rot+5", "rot-5", "zoom0.9")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    arch: str = "yolo11l"
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.65
+    classes: tuple[str, ...] = LESION_CLASSES
+    run: str = "abnormal"  # "abnormal" (only when triage is positive) or "always"
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    lime_samples: int = 300
+    lime_batch: int = 16
+    lime_segments: int = 60
+    lime_size: int = 224  # classifier input size for LIME perturbations
+    lime_seed: int = 0
+    cam_grid: int = 24  # common grid of the fused ensemble map
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Non-spine input rejection (image statistics; the feature-space threshold lives in the bundle)."""
+
+    max_colorfulness: float = 12.0
+    min_aspect: float = 0.2  # short side / long side
+    min_dynamic_range: float = 0.08  # p99 - p1 of intensities in [0, 1]
+    min_std: float = 0.02
+    allowed_modalities: tuple[str, ...] = ("CR", "DX", "DR", "RF", "XA", "MG", "OT", "RG", "PX")
+    spine_body_parts: tuple[str, ...] = (
+        "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "NECK", "BACK", "CHEST", "ABDOMEN", "PELVIS",
+        "WHOLEBODY", "LUMBAR", "THORACIC", "CERVICAL", "SACRUM", "COCCYX",
+    )
+    ood_percentile: float = 99.0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where models run. ``SPINE_RUNTIME`` = onnx | torch overrides the automatic choice."""
+
+    runtime: str = "auto"
+    threads: int = 0  # 0: all cores
+    models_dir: Path = Path("models")
+    bundle_name: str = "untrained"
+
+    @classmethod
+    def from_env(cls) -> "RuntimeConfig":
+        return cls(
+            runtime=os.environ.get("SPINE_RUNTIME", "auto").lower(),
+            threads=int(os.environ.get("SPINE_THREADS", "0")),
+            models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
+            bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),
+        )
+
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (tuples become lists, paths strings)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        elif isinstance(v, Path):
+            v = str(v)
+        out[f.name] = v
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Build a config dataclass from a manifest dict, ignoring unknown keys, keeping defaults for missing."""
+    data = data or {}
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            v = data[f.name]
+            if isinstance(v, list):
+                v = tuple(v)
+            kwargs[f.name] = v
+    return cls(**kwargs)  # type: ignore[call-arg]

@@ -1,0 +1,35 @@
+"""The decoded study: display-ready pixels plus metadata that carries no patient identity."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """Technical metadata only. Never PatientName/ID/BirthDate, dates, institution or free text."""
+
+    source: str  # "dicom" or "raster"
+    modality: str | None = None
+    body_part: str | None = None
+    view_position: str | None = None
+    photometric: str | None = None
+    bits_stored: int | None = None
+    transfer_syntax: str | None = None
+    original_shape: tuple[int, int] = (0, 0)
+    original_dtype: str = ""
+    colorfulness: float = 0.0  # Hasler-Suesstrunk colourfulness of an RGB raster (0 for grayscale)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. "VOI LUT applied", "MONOCHROME1 inverted"
+
+
+@dataclass(frozen=True)
+class Study:
+    """``pixels``: float32 H x W in [0, 1], bone bright (MONOCHROME2 sense), windowed for display."""
+
+    pixels: np.ndarray
+    meta: StudyMeta
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))

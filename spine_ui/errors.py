@@ -1,0 +1,79 @@
+"""Typed errors. Every error a user can trigger carries a plain-language ``user_message``.
+
+``InputError`` means the uploaded file cannot be analysed (CLI exit 2, an error panel in the UI).
+``BundleError`` means the model bundle is missing, incomplete or tampered with.
+"""
+from __future__ import annotations
+
+
+class SpineUIError(Exception):
+    """Base class; ``str(err)`` is safe to show to a user (no paths, no patient data)."""
+
+    default_message = "The request could not be completed."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+    @property
+    def user_message(self) -> str:
+        return str(self)
+
+
+class InputError(SpineUIError):
+    """The uploaded file cannot be read as a radiograph."""
+
+    default_message = "The file could not be read as a radiograph."
+
+
+class EmptyFileError(InputError):
+    default_message = "The file is empty (0 bytes)."
+
+
+class UnsupportedFormatError(InputError):
+    default_message = "Unsupported file type: upload a DICOM (.dcm), PNG, JPEG or TIFF radiograph."
+
+
+class CorruptFileError(InputError):
+    default_message = "The file is damaged or truncated and could not be decoded."
+
+
+class MissingPixelDataError(InputError):
+    default_message = "The DICOM file contains no image (no Pixel Data element)."
+
+
+class MultiFrameError(InputError):
+    default_message = "Multi-frame DICOM (a series or cine loop) is not supported: upload a single radiograph."
+
+
+class ColorImageError(InputError):
+    default_message = "Colour DICOM images are not radiographs: upload a grayscale X-ray."
+
+
+class UnsupportedCodecError(InputError):
+    default_message = "The DICOM is compressed with a codec this server cannot decode."
+
+
+class ImageTooLargeError(InputError):
+    default_message = "The image is too large to be a real radiograph."
+
+
+class ImageTooSmallError(InputError):
+    default_message = "The image is too small to be a radiograph."
+
+
+class InvalidPixelDataError(InputError):
+    default_message = "The image contains invalid pixel values (NaN or infinity) or no contrast."
+
+
+class BundleError(SpineUIError):
+    """The model bundle cannot be used."""
+
+    default_message = "The model bundle could not be loaded."
+
+
+class BundleIntegrityError(BundleError):
+    default_message = "The model bundle failed its integrity check: a file does not match the manifest hash."
+
+
+class HubUnavailableError(BundleError):
+    default_message = "The model hub is not reachable (offline); using local bundles only."
