@@ -1,0 +1,1 @@
+"""Versioned model bundles: manifest + hashed files, runtime selection, creation, import and download."""

@@ -1,0 +1,65 @@
+"""Find the bundle to serve: ``models/<name>`` locally, else a hub download (if configured), else - for the
+name ``untrained`` - create the untrained bundle so a fresh machine still runs."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..config import RuntimeConfig
+from ..errors import BundleError, HubUnavailableError
+from .manifest import MANIFEST
+from .store import Bundle, open_bundle
+
+log = logging.getLogger(__name__)
+
+
+def ensure_untrained(path: Path, **kwargs) -> Path:
+    """Create the untrained bundle at ``path`` atomically (built in a sibling temp dir, then renamed)."""
+    from .untrained import init_untrained
+
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        init_untrained(tmp, name=path.name, **kwargs)
+        tmp.chmod(0o755)
+        if path.exists() and not (path / MANIFEST).is_file():
+            shutil.rmtree(path)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process won the race
+            if not (path / MANIFEST).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def locate(cfg: RuntimeConfig, create_untrained: bool = True) -> Path:
+    path = cfg.models_dir / cfg.bundle_name
+    if (path / MANIFEST).is_file():
+        return path
+    repo = os.environ.get("SPINE_BUNDLE_REPO")
+    if repo:
+        try:
+            from .hub import download_bundle
+
+            return download_bundle(repo, path)
+        except HubUnavailableError as exc:
+            log.warning("%s", exc)
+    if cfg.bundle_name == "untrained" and create_untrained:
+        log.warning("No model bundle found: creating the UNTRAINED bundle at %s (results carry no meaning).", path)
+        return ensure_untrained(path)
+    raise BundleError(f"No model bundle '{cfg.bundle_name}' in {cfg.models_dir}/ (run "
+                      "`python -m spine_ui bundle init-untrained` or import/train one).")
+
+
+def load_default(cfg: RuntimeConfig | None = None, create_untrained: bool = True) -> Bundle:
+    """The bundle named by the environment (``SPINE_BUNDLE``, ``SPINE_MODELS_DIR``, ``SPINE_RUNTIME``)."""
+    cfg = cfg or RuntimeConfig.from_env()
+    return open_bundle(locate(cfg, create_untrained), cfg.runtime, cfg.threads)

@@ -1,0 +1,133 @@
+"""Open a bundle: verify every hash, then build runners once and share them across requests."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError
+from .manifest import ClassifierEntry, Manifest, read_manifest, verify
+from .runtime import (ClassifierRunner, DetectorRunner, Lazy, OnnxClassifier, OnnxDetector, RuntimeInfo,
+                      TorchClassifier, TorchDetector, choose_runtime)
+
+
+@dataclass(frozen=True)
+class Head:
+    weight: np.ndarray  # [C]
+    bias: float
+
+
+class Bundle:
+    """A verified model bundle. Runners are created lazily, once, under a lock; ``warm_up`` builds all."""
+
+    def __init__(self, path: Path, runtime: RuntimeInfo) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        verify(self.path, self.manifest)
+        self.runtime = runtime
+        self.heads = {c.arch: self._read_head(c) for c in self.manifest.classifiers}
+        self._classifiers = {c.arch: Lazy(lambda c=c: self._make_classifier(c)) for c in self.manifest.classifiers}
+        self._torch_classifiers = {c.arch: Lazy(lambda c=c: self._make_torch_classifier(c))
+                                   for c in self.manifest.classifiers}
+        self._detector = Lazy(self._make_detector)
+        self._ood = Lazy(self._make_ood)
+
+    # --- public -------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def trained(self) -> bool:
+        return self.manifest.trained
+
+    @property
+    def classifiers(self) -> list[ClassifierEntry]:
+        return list(self.manifest.classifiers)
+
+    def classifier(self, arch: str) -> ClassifierRunner:
+        return self._classifiers[arch].get()
+
+    def torch_classifier(self, arch: str) -> TorchClassifier:
+        """The eager torch model (for backprop Grad-CAM), whatever the serving runtime is."""
+        if self.runtime.kind == "torch":
+            return self.classifier(arch)  # type: ignore[return-value]
+        return self._torch_classifiers[arch].get()
+
+    def detector(self) -> DetectorRunner | None:
+        return self._detector.get() if self.manifest.detector else None
+
+    def ood(self):
+        """The feature-space outlier model, or None when the bundle has no statistics."""
+        return self._ood.get() if self.manifest.ood else None
+
+    def warm_up(self) -> None:
+        for arch in self._classifiers:
+            self.classifier(arch)
+        self.detector()
+        self.ood()
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.manifest.name, "version": self.manifest.version, "trained": self.manifest.trained,
+                "runtime": self.runtime.label}
+
+    # --- builders -----------------------------------------------------------------------------------------
+    def _file(self, name: str) -> Path:
+        return self.path / name
+
+    def _read_head(self, entry: ClassifierEntry) -> Head:
+        with np.load(self._file(entry.head), allow_pickle=False) as z:
+            return Head(z["weight"].astype(np.float32), float(z["bias"]))
+
+    def _make_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
+        if self.runtime.kind == "onnx":
+            return OnnxClassifier(self._file(entry.onnx), self.runtime.threads)
+        return TorchClassifier(entry.arch, self._file(entry.torch), self.runtime.device)
+
+    def _make_torch_classifier(self, entry: ClassifierEntry) -> TorchClassifier:
+        return TorchClassifier(entry.arch, self._file(entry.torch), "cpu")
+
+    def _make_detector(self) -> DetectorRunner:
+        det = self.manifest.detector
+        assert det is not None
+        if self.runtime.kind == "onnx":
+            return OnnxDetector(self._file(det.onnx), self.runtime.threads)
+        import yaml
+
+        from .._env import restore_threads
+
+        cfg = yaml.safe_load(self._file(det.yaml).read_text())
+        runner = TorchDetector(cfg, self.manifest.detector_config.classes, self._file(det.torch),
+                               self.runtime.device)
+        restore_threads(self.runtime.threads)
+        return runner
+
+    def _make_ood(self):
+        from ..gate import FeatureOOD
+
+        return FeatureOOD.load(self._file(self.manifest.ood["file"]))
+
+
+_CACHE: dict[tuple[str, str, str], Bundle] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0) -> Bundle:
+    """Open (or reuse) the bundle at ``path``. Raises BundleError / BundleIntegrityError."""
+    info = choose_runtime(runtime, threads)
+    key = (str(Path(path).resolve()), info.kind, info.device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            if not Path(path).is_dir():
+                raise BundleError(f"No model bundle folder '{Path(path).name}'.")
+            _CACHE[key] = Bundle(Path(path), info)
+        return _CACHE[key]
+
+
+def forget_bundles() -> None:
+    """Drop cached bundles (tests, or after replacing a bundle on disk)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

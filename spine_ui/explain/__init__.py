@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM (exact CAM from features on ONNX, pytorch-grad-cam on torch) and LIME."""

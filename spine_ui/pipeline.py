@@ -1,0 +1,215 @@
+"""``Analyzer``: decode -> preprocess -> gate -> triage -> detect -> explain, one stage at a time.
+
+The UI streams ``stages()``; the CLI, benchmark and tests call ``analyze()``. Results are cached per file
+content hash so asking for LIME after triage (or reopening a study) never recomputes earlier stages.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .bundle.store import Bundle
+from .config import DecodeConfig, GateConfig
+from .decode import Study, decode_bytes
+from .detect import Lesion, run_detection
+from .explain.gradcam import CamResult, explain_gradcam
+from .explain.lime_explainer import LimeResult, explain_lime
+from .gate import GateResult, LayerResult, check_features, run_gate
+from .preprocess import enhance
+from .report import DISCLAIMER, UNTRAINED_WARNING
+from .triage import TriageResult, run_triage
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    detect: str = "auto"  # "auto" (the bundle's policy: abnormal only), "always", "never"
+    gradcam: bool = True  # Grad-CAM for abnormal studies (or any study with explain_normal)
+    lime: bool = False
+    explain_normal: bool = False  # "explain anyway" for studies below the gate
+    lime_samples: int | None = None
+    tta: bool = True
+
+
+@dataclass
+class Analysis:
+    """Everything computed for one study. ``finding()`` is the JSON-safe summary (no patient identifiers)."""
+
+    key: str
+    bundle: Bundle
+    study: Study | None = None
+    enhanced: np.ndarray | None = None
+    gate: GateResult | None = None
+    triage: TriageResult | None = None
+    lesions: list[Lesion] | None = None
+    cam: CamResult | None = None
+    lime: LimeResult | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.gate is not None and self.gate.accepted
+
+    @property
+    def abnormal(self) -> bool:
+        return bool(self.triage and self.triage.abnormal)
+
+    def finding(self) -> dict[str, Any]:
+        man = self.bundle.manifest
+        t = self.triage if self.accepted else None
+        meta = self.study.meta if self.study else None
+        out: dict[str, Any] = {
+            "accepted": self.accepted,
+            "reason": self.gate.reason if self.gate else None,
+            "verdict": ("rejected" if not self.accepted else
+                        None if t is None else "abnormal" if t.abnormal else "normal"),
+            "probability": round(t.probability, 6) if t else None,
+            "gate": man.triage.gate,
+            "abnormal": t.abnormal if t else None,
+            "models": ({m.arch: {"probability": round(m.probability, 6), "weight": m.weight,
+                                 "views": [round(v, 6) for v in m.view_probabilities]} for m in t.models}
+                       if t else {}),
+            "lesions": [les.to_dict() for les in self.lesions] if (self.lesions is not None and t) else [],
+            "detector_ran": self.lesions is not None,
+            "explanations": {
+                "gradcam": self.cam.method if self.cam else None,
+                "lime": {"samples": self.lime.n_samples, "score": round(self.lime.score, 4)} if self.lime else None,
+            },
+            "gate_layers": [layer.__dict__ for layer in self.gate.layers] if self.gate else [],
+            "image": ({"width": self.study.shape[1], "height": self.study.shape[0], "source": meta.source,
+                       "photometric": meta.photometric, "bits_stored": meta.bits_stored,
+                       "transfer_syntax": meta.transfer_syntax, "processing": list(meta.notes)}
+                      if self.study else None),
+            "bundle": {"name": man.name, "version": man.version, "trained": man.trained},
+            "runtime": self.bundle.runtime.label,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "disclaimer": DISCLAIMER,
+        }
+        if not man.trained:
+            out["warning"] = UNTRAINED_WARNING
+        return out
+
+
+class Analyzer:
+    """Runs the stages for one bundle; thread-safe, with a small LRU of analyses keyed by content hash."""
+
+    def __init__(self, bundle: Bundle, *, gate_cfg: GateConfig = GateConfig(),
+                 decode_cfg: DecodeConfig = DecodeConfig(), cache_size: int = 8) -> None:
+        self.bundle = bundle
+        self.gate_cfg = gate_cfg
+        self.decode_cfg = decode_cfg
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Analysis] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- stages -------------------------------------------------------------------------------------------
+    def load(self, source: str | Path | bytes, filename: str = "") -> Analysis:
+        """Decode, enhance and run the tag/image gate layers (cached by content hash)."""
+        data = Path(source).read_bytes() if not isinstance(source, (bytes, bytearray)) else bytes(source)
+        if isinstance(source, (str, Path)) and not filename:
+            filename = Path(source).name
+        key = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        a = Analysis(key=key, bundle=self.bundle)
+        with _timer(a, "decode"):
+            a.study = decode_bytes(data, filename, self.decode_cfg)
+        with _timer(a, "preprocess"):
+            a.enhanced = enhance(a.study.pixels, self.bundle.manifest.preprocess)
+        with _timer(a, "gate"):
+            a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
+        with self._lock:
+            self._cache[key] = a
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return a
+
+    def triage(self, a: Analysis, tta: bool = True) -> Analysis:
+        with a.lock:
+            if a.triage is None and a.accepted:
+                with _timer(a, "triage"):
+                    a.triage = run_triage(a.enhanced, self.bundle, tta=tta)
+                with _timer(a, "gate_features"):
+                    a.gate = _with_feature_layer(a.gate, a.triage, self.bundle)
+        return a
+
+    def detect(self, a: Analysis, mode: str = "auto") -> Analysis:
+        wanted = mode == "always" or (mode == "auto" and (
+            a.abnormal or self.bundle.manifest.detector_config.run == "always"))
+        with a.lock:
+            if a.lesions is None and a.accepted and a.triage is not None and wanted:
+                with _timer(a, "detect"):
+                    a.lesions = run_detection(a.enhanced, a.study.shape, self.bundle)
+        return a
+
+    def gradcam(self, a: Analysis) -> Analysis:
+        with a.lock:
+            if a.cam is None and a.accepted and a.triage is not None:
+                with _timer(a, "gradcam"):
+                    a.cam = explain_gradcam(a.triage, self.bundle, a.enhanced)
+        return a
+
+    def lime(self, a: Analysis, n_samples: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Analysis:
+        with a.lock:
+            stale = a.lime is not None and n_samples is not None and a.lime.n_samples != n_samples
+            if (a.lime is None or stale) and a.accepted and a.triage is not None:
+                with _timer(a, "lime"):
+                    a.lime = explain_lime(a.enhanced, self.bundle, n_samples=n_samples, progress=progress)
+        return a
+
+    # --- orchestration ------------------------------------------------------------------------------------
+    def stages(self, source: str | Path | bytes, filename: str = "", options: AnalysisOptions = AnalysisOptions(),
+               progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, Analysis]]:
+        """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive."""
+        a = self.load(source, filename)
+        yield "gate", a
+        if not a.accepted:
+            return
+        self.triage(a, tta=options.tta)
+        yield "triage", a
+        if not a.accepted:  # rejected by the feature-space layer
+            return
+        self.detect(a, options.detect)
+        explain = a.abnormal or options.explain_normal
+        if options.gradcam and explain:
+            self.gradcam(a)
+        yield "detect", a
+        if options.lime and explain:
+            self.lime(a, options.lime_samples, progress)
+            yield "lime", a
+
+    def analyze(self, source: str | Path | bytes, filename: str = "",
+                options: AnalysisOptions = AnalysisOptions()) -> Analysis:
+        a = None
+        for _stage, a in self.stages(source, filename, options):
+            pass
+        return a
+
+
+def _with_feature_layer(gate: GateResult, triage: TriageResult, bundle: Bundle) -> GateResult:
+    layer: LayerResult = check_features(triage.pooled_features[None, :], bundle.ood())
+    layers = tuple(l for l in gate.layers if l.name != layer.name) + (layer,)
+    if layer.status == "rejected":
+        return GateResult(False, layer.detail, layers)
+    return GateResult(gate.accepted, gate.reason, layers)
+
+
+class _timer:
+    def __init__(self, a: Analysis, name: str) -> None:
+        self.a, self.name = a, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.a.timings_ms[self.name] = (time.perf_counter() - self.t0) * 1000.0
