@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .config import GateConfig
+from .imagestats import colorfulness  # noqa: F401  (re-exported: the gate's reference metric)
 from .decode.study import StudyMeta
 from .errors import BundleError
 
@@ -94,29 +95,6 @@ def _skipped(name: str, detail: str) -> LayerResult:
 
 
 # --------------------------------------------------------------------------- colourfulness
-
-
-def colorfulness(rgb: np.ndarray) -> float:
-    """Hasler–Süsstrunk colourfulness on a 0..255 scale (0 for grayscale input).
-
-    ``rgb`` is H x W x C with C >= 3 (a 4th alpha channel is ignored). Integer arrays are scaled to
-    0..255 by their dtype range (uint8 unchanged); floating arrays are taken to be in [0, 1].
-    ``sqrt(std_rg^2 + std_yb^2) + 0.3 * sqrt(mean_rg^2 + mean_yb^2)`` with rg = R - G,
-    yb = (R + G) / 2 - B.
-    """
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] < 3 or arr.size == 0:
-        return 0.0
-    if np.issubdtype(arr.dtype, np.integer):
-        scale = 255.0 / float(np.iinfo(arr.dtype).max)
-    else:
-        scale = 255.0
-    r, g, b = (arr[..., i].astype(np.float64) * scale for i in range(3))
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    std_root = math.hypot(float(rg.std()), float(yb.std()))
-    mean_root = math.hypot(float(rg.mean()), float(yb.mean()))
-    return float(std_root + 0.3 * mean_root)
 
 
 # --------------------------------------------------------------------------- layer 1: DICOM tags

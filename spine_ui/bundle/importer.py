@@ -112,7 +112,8 @@ def import_checkpoints(out_dir: Path, classifiers: dict[str, Path], sizes: dict[
     det, det_cfg = None, DetectorConfig()
     if yolo is not None:
         model, yaml_cfg, names = load_yolo_checkpoint(Path(yolo))
-        det_cfg = DetectorConfig(classes=names or det_cfg.classes)
+        arch = Path(str(yaml_cfg.get("yaml_file") or "yolo11l.yaml")).stem
+        det_cfg = DetectorConfig(arch=arch, classes=names or det_cfg.classes)
         det = (model, yaml_cfg)
     manifest = Manifest(
         name=name or Path(out_dir).name, version=version, trained=trained, classifiers=[], detector=None,

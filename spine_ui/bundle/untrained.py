@@ -1,7 +1,7 @@
 """A seeded, random-initialised bundle so the app and CLI run on a fresh machine with no weights.
 
 Batch-norm statistics are settled on synthetic spine phantoms and each head is rescaled so logits on those
-phantoms have mean 0 and unit spread: outputs are finite and not saturated, and mean nothing clinically.
+phantoms have mean 0 and spread 0.5: outputs are finite and not saturated, and mean nothing clinically.
 """
 from __future__ import annotations
 
@@ -46,13 +46,13 @@ def settle_batchnorm(model: nn.Module, batch: torch.Tensor) -> None:
     model.eval()
 
 
-def calibrate_head(model: nn.Module, batch: torch.Tensor) -> None:
-    """Rescale the one-logit head so logits on ``batch`` have mean 0 and standard deviation 1."""
+def calibrate_head(model: nn.Module, batch: torch.Tensor, spread: float = 0.5) -> None:
+    """Rescale the one-logit head so logits on ``batch`` have mean 0 and standard deviation ``spread``."""
     head = model.get_classifier()
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
         z = pooled @ head.weight[0]
-        scale = 1.0 / float(z.std().clamp_min(1e-6))
+        scale = spread / float(z.std().clamp_min(1e-6))
         head.weight.mul_(scale)
         head.bias.fill_(-float(z.mean()) * scale)
 
@@ -67,7 +67,7 @@ def untrained_classifier(spec: ClassifierSpec, images: list[np.ndarray], seed: i
 
 
 def init_untrained(out_dir: Path, *, seed: int = 0, sizes: dict[str, int] | None = None,
-                   detector: bool = True, n_calibration: int = 8, name: str = "untrained") -> Path:
+                   detector: bool = True, n_calibration: int = 12, name: str = "untrained") -> Path:
     """Create the untrained bundle at ``out_dir`` (``sizes`` overrides per-architecture input sizes)."""
     sizes = sizes or {}
     images = calibration_images(n_calibration, seed)

@@ -1,0 +1,66 @@
+"""Shared fixtures: test bundles (built once, cached on disk by a hash of the code that builds them),
+synthetic spine DICOMs written by the tests."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "test-bundles"
+os.environ.setdefault("SPINE_CACHE_DIR", str(ROOT / ".cache" / "spine_ui"))
+
+import spine_ui  # noqa: E402  (applies the offline environment first)
+
+BUILDER_SOURCES = ["spine_ui/bundle/untrained.py", "spine_ui/bundle/export.py", "spine_ui/bundle/architectures.py",
+                   "spine_ui/bundle/manifest.py", "spine_ui/config.py", "spine_ui/preprocess.py",
+                   "spine_ui/synth/phantom.py"]
+
+
+def _code_key(extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for rel in BUILDER_SOURCES:
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached_bundle(label: str, **kwargs) -> Path:
+    from spine_ui.bundle.resolve import ensure_untrained
+
+    path = CACHE / f"{label}-{_code_key(repr(sorted(kwargs.items())))}"
+    return ensure_untrained(path, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def full_bundle_dir() -> Path:
+    """The real untrained bundle: 384 px classifiers + YOLO11-L (about 30 s to build, then cached)."""
+    return cached_bundle("untrained")
+
+
+@pytest.fixture(scope="session")
+def small_bundle_dir() -> Path:
+    """Same architectures at 96 px, no detector: fast unit tests of triage / CAM / LIME."""
+    return cached_bundle("small96", sizes={"densenet121": 96, "tf_efficientnetv2_s": 96, "resnet50": 96},
+                         detector=False)
+
+
+def write_phantom_dicom(path: Path, lesions=("Surgical implant",), seed: int = 1, height: int = 768,
+                        **kwargs) -> Path:
+    from spine_ui.synth.dicom_writer import write_dicom
+    from spine_ui.synth.phantom import render_spine, to_stored
+
+    img, _ = render_spine(np.random.default_rng(seed), list(lesions), height=height)
+    mono1 = kwargs.pop("photometric", "MONOCHROME1") == "MONOCHROME1"
+    kwargs.setdefault("transfer_syntax", "jpeg2000")
+    kwargs.setdefault("modality", None)
+    return write_dicom(path, to_stored(img, 12, monochrome1=mono1), bits_stored=12,
+                       photometric="MONOCHROME1" if mono1 else "MONOCHROME2", **kwargs)
+
+
+@pytest.fixture
+def phantom_dicom(tmp_path) -> Path:
+    """A VinDr-like file: JPEG2000 lossless, 12-bit, MONOCHROME1, no Modality/BodyPart tags."""
+    return write_phantom_dicom(tmp_path / "study.dicom")
