@@ -37,8 +37,9 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def exact_gradcam(features: np.ndarray, head: Head, input_size: int) -> np.ndarray:
-    """Grad-CAM from features (ONNX path), normalised and resized to the square model input."""
-    return resize_map(normalise_map(class_activation(features, head)), (input_size, input_size))
+    """Grad-CAM from features (ONNX path) on the square model input, scaled as pytorch-grad-cam does:
+    ReLU + min-max, bilinear resize, min-max again (upsampling moves the minimum between cells)."""
+    return normalise_map(resize_map(normalise_map(class_activation(features, head)), (input_size, input_size)))
 
 
 def torch_gradcam(model, layer_name: str, batch: np.ndarray) -> np.ndarray:
