@@ -268,19 +268,23 @@ def _ordinal(p: float) -> str:
     return f"{n}{suffix}"
 
 
-_OOD_KEYS = ("mean", "scale", "components", "location", "precision", "threshold", "percentile", "n_train")
+_OOD_KEYS = ("mean", "scale", "components", "location", "precision", "threshold", "percentile", "n_train",
+             "residual_scale")
 
 
 class FeatureOOD:
-    """Mahalanobis out-of-distribution test in a PCA subspace of standardised image features.
+    """Mahalanobis out-of-distribution test on standardised image features.
 
-    ``fit`` standardises the training features, projects them on k = min(max_components, N - 1, D)
-    principal components, estimates a Ledoit–Wolf shrunk covariance (stable for small N) and sets the
-    threshold at a percentile of the training distances.
+    ``fit`` standardises the training features, projects them on k = min(max_components, (N - 1) // 2, D)
+    principal components and estimates a Ledoit-Wolf shrunk covariance there (stable for small N). The
+    distance adds the part of a sample outside that subspace (reconstruction error, scaled so a typical
+    training residual weighs like the k in-subspace dimensions): without it a shift orthogonal to the kept
+    components would go unseen. The threshold is a percentile of the training distances.
     """
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, components: np.ndarray, location: np.ndarray,
-                 precision: np.ndarray, threshold: float, percentile: float, n_train: int) -> None:
+                 precision: np.ndarray, threshold: float, percentile: float, n_train: int,
+                 residual_scale: float = 0.0) -> None:
         self.mean = np.asarray(mean, dtype=np.float64)
         self.scale = np.asarray(scale, dtype=np.float64)
         self.components = np.asarray(components, dtype=np.float64)
@@ -289,6 +293,7 @@ class FeatureOOD:
         self.threshold = float(threshold)
         self.percentile = float(percentile)
         self.n_train = int(n_train)
+        self.residual_scale = float(residual_scale)  # mean squared training residual; 0 disables the term
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -310,12 +315,14 @@ class FeatureOOD:
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0
         z = (x - mean) / scale
-        k = int(min(max_components, x.shape[0] - 1, x.shape[1]))
+        k = int(max(1, min(max_components, (x.shape[0] - 1) // 2, x.shape[1])))
         pca = PCA(n_components=k, svd_solver="full").fit(z)
         # PCA centres internally; z is already centred, so the projection is z @ components.T.
         proj = z @ pca.components_.T
         lw = LedoitWolf().fit(proj)
-        ood = cls(mean, scale, pca.components_, lw.location_, lw.precision_, 0.0, percentile, x.shape[0])
+        residual = z - proj @ pca.components_
+        ood = cls(mean, scale, pca.components_, lw.location_, lw.precision_, 0.0, percentile, x.shape[0],
+                  float(np.mean(np.sum(residual ** 2, axis=1))))
         ood.threshold = float(np.percentile(ood.distance(x), percentile))
         return ood
 
@@ -331,6 +338,7 @@ class FeatureOOD:
             and all(np.isfinite(a).all() for a in (self.mean, self.scale, self.components, self.location,
                                                      self.precision))
             and math.isfinite(self.threshold)
+            and math.isfinite(self.residual_scale) and self.residual_scale >= 0
             and self.n_train >= 0
         )
         if not ok:
@@ -355,8 +363,13 @@ class FeatureOOD:
             raise ValueError(f"expected features with {self.n_features} columns, got shape {x.shape}")
         bad = ~np.isfinite(x).all(axis=1)
         x = np.where(np.isfinite(x), x, 0.0)
-        diff = ((x - self.mean) / self.scale) @ self.components.T - self.location
+        z = (x - self.mean) / self.scale
+        proj = z @ self.components.T
+        diff = proj - self.location
         d2 = np.einsum("ij,jk,ik->i", diff, self.precision, diff)
+        if self.residual_scale > 0:
+            residual = z - proj @ self.components
+            d2 = d2 + self.n_components * np.sum(residual ** 2, axis=1) / self.residual_scale
         dist = np.sqrt(np.maximum(d2, 0.0))
         dist[bad] = np.inf
         return dist
@@ -385,7 +398,7 @@ class FeatureOOD:
             "mean": self.mean, "scale": self.scale, "components": self.components,
             "location": self.location, "precision": self.precision,
             "threshold": np.float64(self.threshold), "percentile": np.float64(self.percentile),
-            "n_train": np.int64(self.n_train),
+            "n_train": np.int64(self.n_train), "residual_scale": np.float64(self.residual_scale),
         }
         with open(path, "wb") as fh:  # a file handle keeps the exact name (no ".npz" appended)
             np.savez(fh, **arrays)
@@ -405,6 +418,7 @@ class FeatureOOD:
         return cls(
             arrays["mean"], arrays["scale"], arrays["components"], arrays["location"], arrays["precision"],
             float(arrays["threshold"]), float(arrays["percentile"]), int(arrays["n_train"]),
+            float(arrays["residual_scale"]),
         )
 
 

@@ -294,9 +294,22 @@ def test_feature_ood_fit_and_separation(ood: FeatureOOD) -> None:
 
 def test_feature_ood_components_capped() -> None:
     rng = np.random.default_rng(3)
-    assert FeatureOOD.fit(rng.standard_normal((10, 50))).n_components == 9  # N - 1
+    assert FeatureOOD.fit(rng.standard_normal((10, 50))).n_components == 4  # (N - 1) // 2: residual stays estimable
     assert FeatureOOD.fit(rng.standard_normal((300, 100)), max_components=16).n_components == 16
     assert FeatureOOD.fit(np.c_[rng.standard_normal((40, 5)), np.ones(40)]).n_components == 6  # constant col
+
+
+def test_feature_ood_sees_shifts_outside_the_kept_subspace() -> None:
+    """Training data lives in a 3-D subspace of 40-D; a sample off that subspace must be far."""
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.standard_normal((40, 3)))[0].T  # 3 x 40
+    train = rng.standard_normal((200, 3)) @ basis + 0.01 * rng.standard_normal((200, 40))
+    ood = FeatureOOD.fit(train, max_components=3)
+    inside = rng.standard_normal((50, 3)) @ basis + 0.01 * rng.standard_normal((50, 40))
+    orthogonal = np.linalg.qr(np.c_[basis.T, rng.standard_normal(40)])[0][:, 3]
+    off = inside[:5] + 0.5 * orthogonal  # small in norm, but where the training data never goes
+    assert np.mean(ood.distance(inside) <= ood.threshold) > 0.9
+    assert np.all(ood.distance(off) > ood.threshold)
 
 
 def test_feature_ood_check_messages(ood: FeatureOOD) -> None:
@@ -324,7 +337,7 @@ def test_feature_ood_save_load_round_trip(ood: FeatureOOD, tmp_path) -> None:
     assert path.exists()
     with np.load(path, allow_pickle=False) as data:  # numpy-only: no object arrays
         assert set(data.files) == {"mean", "scale", "components", "location", "precision",
-                                   "threshold", "percentile", "n_train"}
+                                   "threshold", "percentile", "n_train", "residual_scale"}
         assert all(data[k].dtype != object for k in data.files)
     with zipfile.ZipFile(path) as zf:
         assert all(name.endswith(".npy") for name in zf.namelist())
