@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
+
+    from .bench import add_arguments, run_from_args
+
+    be = sub.add_parser("bench", help="per-stage timings on a synthetic DICOM (onnx vs eager torch)")
+    add_arguments(be)
+    be.set_defaults(func=run_from_args)
     return p
 
 

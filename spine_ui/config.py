@@ -91,7 +91,7 @@ class ExplainConfig:
     lime_samples: int = 300
     lime_batch: int = 16
     lime_segments: int = 60
-    lime_size: int = 224  # classifier input size for LIME perturbations
+    lime_size: int = 192  # LIME scores perturbations with every member at this input size (cost ~ size^2)
     lime_seed: int = 0
     cam_grid: int = 24  # common grid of the fused ensemble map
 

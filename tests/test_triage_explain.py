@@ -109,3 +109,22 @@ def test_lime_is_deterministic_with_a_seed(small_bundle_dir, enhanced):
     c = explain_lime(enhanced, bundle, ExplainConfig(lime_samples=24, lime_batch=8, lime_segments=30,
                                                       lime_size=96, lime_seed=4))
     assert not np.array_equal(a.weights, c.weights)
+
+
+def test_lime_size_runners_match_torch(small_bundle_dir):
+    """LIME scores at ExplainConfig.lime_size: dynamic-size ONNX for densenet/resnet, a dedicated fixed-size
+    export for tf_efficientnetv2_s; all agree with eager torch at that size."""
+    onnx_b, torch_b = open_bundle(small_bundle_dir, "onnx"), open_bundle(small_bundle_dir, "torch")
+    size = onnx_b.manifest.explain.lime_size
+    entries = {c.arch: c for c in onnx_b.classifiers}
+    assert entries["tf_efficientnetv2_s"].onnx_by_size == {str(size): f"tf_efficientnetv2_s.{size}.onnx"}
+    assert entries["densenet121"].dynamic_size and entries["resnet50"].dynamic_size
+    x = np.random.default_rng(2).standard_normal((3, 3, size, size)).astype(np.float32)
+    for arch in entries:
+        lo, _ = onnx_b.classifier(arch, size)(x)
+        lt, _ = torch_b.classifier(arch, size)(x)
+        np.testing.assert_allclose(lo, lt, atol=2e-4, err_msg=arch)
+    from spine_ui.errors import BundleError
+
+    with pytest.raises(BundleError, match="no tf_efficientnetv2_s model for 77 px"):
+        onnx_b.classifier("tf_efficientnetv2_s", 77)

@@ -24,6 +24,14 @@ class ClassifierEntry:
     torch: str
     head: str  # npz with the linear head (w, b), for CAM on the ONNX path
     feature_channels: int = 0
+    dynamic_size: bool = False  # the main ONNX file accepts any spatial size
+    onnx_by_size: dict[str, str] = field(default_factory=dict)  # extra fixed-size exports (e.g. for LIME)
+
+    def onnx_for(self, size: int) -> str:
+        """The ONNX file that runs at ``size`` (raises KeyError when the bundle has none)."""
+        if size == self.input_size or self.dynamic_size:
+            return self.onnx
+        return self.onnx_by_size[str(size)]
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class Manifest:
                 name=str(data["name"]),
                 version=str(data["version"]),
                 trained=bool(data["trained"]),
-                classifiers=[from_dict(ClassifierEntry, c) for c in data["classifiers"]],
+                classifiers=[ClassifierEntry(**c) for c in data["classifiers"]],
                 detector=DetectorEntry(**det) if det else None,
                 preprocess=from_dict(PreprocessConfig, data.get("preprocess")),
                 triage=from_dict(TriageConfig, data.get("triage")),
@@ -99,7 +107,7 @@ class Manifest:
             raise BundleError(f"The bundle manifest is malformed ({exc.__class__.__name__}: {exc}).") from exc
 
     def referenced_files(self) -> list[str]:
-        names = [n for c in self.classifiers for n in (c.onnx, c.torch, c.head)]
+        names = [n for c in self.classifiers for n in (c.onnx, c.torch, c.head, *c.onnx_by_size.values())]
         if self.detector:
             names += [self.detector.onnx, self.detector.torch, self.detector.yaml]
         if self.ood:
