@@ -22,44 +22,28 @@ from .manifest import ClassifierEntry, DetectorEntry, Manifest, write_manifest
 ONNX_OPSET = 17
 
 
-def fixed_size_only(arch: str) -> bool:
-    """timm ``tf_`` models compute "same" padding from the traced size: their ONNX is valid at one size only."""
-    return arch.startswith("tf_")
-
-
-def _export_onnx(wrapped: nn.Module, size: int, path: Path, dynamic_size: bool) -> None:
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    feat_axes = {0: "batch", 2: "fh", 3: "fw"} if dynamic_size else {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped, (torch.zeros(1, 3, size, size),), str(path), input_names=["image"],
-            output_names=["logit", "features"], opset_version=ONNX_OPSET, dynamo=False,
-            dynamic_axes={"image": axes, "logit": {0: "batch"}, "features": feat_axes})
-
-
-def export_classifier(model: nn.Module, spec: ClassifierSpec, out_dir: Path,
-                      extra_sizes: tuple[int, ...] = ()) -> ClassifierEntry:
+def export_classifier(model: nn.Module, spec: ClassifierSpec, out_dir: Path) -> ClassifierEntry:
     """Save ``<arch>.pt`` (state dict), ``<arch>.head.npz`` and ``<arch>.onnx`` (outputs logit, features).
 
-    Batch is dynamic; spatial size too, except for ``tf_`` models, which get one more fixed-size file per
-    size in ``extra_sizes`` (LIME scores perturbations at its own, smaller size)."""
+    Batch and spatial axes are dynamic (LIME scores at its own, smaller size). With the TorchScript exporter
+    (``dynamo=False``) timm's ``tf_`` "same" padding stays shape-dependent in the graph; a test checks parity
+    with torch at other sizes."""
     arch = spec.arch
     model = model.eval().cpu()
     torch.save(model.state_dict(), out_dir / f"{arch}.pt")
     w, b = head_parameters(model)
     np.savez(out_dir / f"{arch}.head.npz", weight=w.numpy().astype(np.float32), bias=np.float32(b))
     wrapped = ClassifierWithFeatures(model).eval()
+    dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    spatial = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad():
-        channels = int(wrapped(torch.zeros(1, 3, spec.input_size, spec.input_size))[1].shape[1])
-    dynamic = not fixed_size_only(arch)
-    _export_onnx(wrapped, spec.input_size, out_dir / f"{arch}.onnx", dynamic)
-    by_size = {}
-    for size in sorted(set(extra_sizes) - {spec.input_size}):
-        if not dynamic:
-            by_size[str(size)] = f"{arch}.{size}.onnx"
-            _export_onnx(wrapped, size, out_dir / by_size[str(size)], False)
+        channels = int(wrapped(dummy)[1].shape[1])
+        torch.onnx.export(
+            wrapped, (dummy,), str(out_dir / f"{arch}.onnx"), input_names=["image"],
+            output_names=["logit", "features"], opset_version=ONNX_OPSET, dynamo=False,
+            dynamic_axes={"image": spatial, "logit": {0: "batch"}, "features": {0: "batch", 2: "fh", 3: "fw"}})
     return ClassifierEntry(arch, spec.input_size, spec.weight, spec.cam_layer, f"{arch}.onnx", f"{arch}.pt",
-                           f"{arch}.head.npz", channels, dynamic, by_size)
+                           f"{arch}.head.npz", channels)
 
 
 def export_detector(model: nn.Module, model_yaml: dict[str, Any], names: tuple[str, ...], arch: str,
@@ -92,8 +76,7 @@ def assemble(out_dir: Path, manifest: Manifest, classifiers: list[tuple[Classifi
     """Export every model into ``out_dir`` and write a hashed manifest. Returns the bundle folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lime_size = manifest.explain.lime_size
-    manifest.classifiers = [export_classifier(model, spec, out_dir, (lime_size,)) for spec, model in classifiers]
+    manifest.classifiers = [export_classifier(model, spec, out_dir) for spec, model in classifiers]
     if detector is not None:
         det_model, det_yaml = detector
         cfg = manifest.detector_config

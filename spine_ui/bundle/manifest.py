@@ -24,14 +24,6 @@ class ClassifierEntry:
     torch: str
     head: str  # npz with the linear head (w, b), for CAM on the ONNX path
     feature_channels: int = 0
-    dynamic_size: bool = False  # the main ONNX file accepts any spatial size
-    onnx_by_size: dict[str, str] = field(default_factory=dict)  # extra fixed-size exports (e.g. for LIME)
-
-    def onnx_for(self, size: int) -> str:
-        """The ONNX file that runs at ``size`` (raises KeyError when the bundle has none)."""
-        if size == self.input_size or self.dynamic_size:
-            return self.onnx
-        return self.onnx_by_size[str(size)]
 
 
 @dataclass(frozen=True)
@@ -107,7 +99,7 @@ class Manifest:
             raise BundleError(f"The bundle manifest is malformed ({exc.__class__.__name__}: {exc}).") from exc
 
     def referenced_files(self) -> list[str]:
-        names = [n for c in self.classifiers for n in (c.onnx, c.torch, c.head, *c.onnx_by_size.values())]
+        names = [n for c in self.classifiers for n in (c.onnx, c.torch, c.head)]
         if self.detector:
             names += [self.detector.onnx, self.detector.torch, self.detector.yaml]
         if self.ood:

@@ -29,9 +29,7 @@ class Bundle:
         verify(self.path, self.manifest)
         self.runtime = runtime
         self.heads = {c.arch: self._read_head(c) for c in self.manifest.classifiers}
-        self._entries = {c.arch: c for c in self.manifest.classifiers}
-        self._classifiers: dict[tuple[str, str], Lazy] = {}
-        self._runner_lock = threading.Lock()
+        self._classifiers = {c.arch: Lazy(lambda c=c: self._make_classifier(c)) for c in self.manifest.classifiers}
         self._torch_classifiers = {c.arch: Lazy(lambda c=c: self._make_torch_classifier(c))
                                    for c in self.manifest.classifiers}
         self._detector = Lazy(self._make_detector)
@@ -50,20 +48,9 @@ class Bundle:
     def classifiers(self) -> list[ClassifierEntry]:
         return list(self.manifest.classifiers)
 
-    def classifier(self, arch: str, size: int | None = None) -> ClassifierRunner:
-        """The runner for ``arch`` at input ``size`` (default: its serving size)."""
-        entry = self._entries[arch]
-        size = size or entry.input_size
-        if self.runtime.kind == "onnx":
-            try:
-                name = entry.onnx_for(size)
-            except KeyError:
-                raise BundleError(f"This bundle has no {arch} model for {size} px inputs.") from None
-        else:
-            name = entry.torch  # eager torch runs at any size
-        with self._runner_lock:
-            lazy = self._classifiers.setdefault((arch, name), Lazy(lambda: self._make_classifier(entry, name)))
-        return lazy.get()
+    def classifier(self, arch: str) -> ClassifierRunner:
+        """The runner for ``arch``; it accepts any input size (batch and spatial axes are dynamic)."""
+        return self._classifiers[arch].get()
 
     def torch_classifier(self, arch: str) -> TorchClassifier:
         """The eager torch model (for backprop Grad-CAM), whatever the serving runtime is."""
@@ -79,9 +66,8 @@ class Bundle:
         return self._ood.get() if self.manifest.ood else None
 
     def warm_up(self) -> None:
-        for entry in self.manifest.classifiers:
-            self.classifier(entry.arch)
-            self.classifier(entry.arch, self.manifest.explain.lime_size)
+        for arch in self._classifiers:
+            self.classifier(arch)
         self.detector()
         self.ood()
 
@@ -97,9 +83,9 @@ class Bundle:
         with np.load(self._file(entry.head), allow_pickle=False) as z:
             return Head(z["weight"].astype(np.float32), float(z["bias"]))
 
-    def _make_classifier(self, entry: ClassifierEntry, name: str) -> ClassifierRunner:
+    def _make_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
         if self.runtime.kind == "onnx":
-            return OnnxClassifier(self._file(name), self.runtime.threads)
+            return OnnxClassifier(self._file(entry.onnx), self.runtime.threads)
         return TorchClassifier(entry.arch, self._file(entry.torch), self.runtime.device)
 
     def _make_torch_classifier(self, entry: ClassifierEntry) -> TorchClassifier:

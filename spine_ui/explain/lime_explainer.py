@@ -52,7 +52,7 @@ def ensemble_scorer(bundle: Bundle, size: int, progress: Progress | None,
         batch = normalise(np.clip(images[..., 0], 0, 255).astype(np.uint8), pp)
         probs = {}
         for entry in bundle.classifiers:
-            logits, _ = bundle.classifier(entry.arch, size)(batch)
+            logits, _ = bundle.classifier(entry.arch)(batch)
             probs[entry.arch] = sigmoid(logits)
         p = weighted_vote(probs, bundle.manifest.weights)  # works elementwise on arrays
         done[0] += len(images)

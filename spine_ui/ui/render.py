@@ -1,0 +1,215 @@
+"""Analysis -> HTML fragments, tables and pictures for the UI. Pure functions, no gradio import.
+
+Every string that can come from an upload (gate reasons quote DICOM tags, processing notes quote the VOI LUT
+function, error messages) goes through ``html.escape`` before it is put into HTML.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..config import LESION_CLASSES, display_name
+from ..detect import Lesion
+from ..report import (DISCLAIMER, UNTRAINED_WARNING, colour_hex, draw_lesions, heatmap_overlay,
+                      lime_overlay)
+
+ARCH_NAMES: dict[str, str] = {
+    "densenet121": "DenseNet-121",
+    "tf_efficientnetv2_s": "EfficientNetV2-S",
+    "resnet50": "ResNet-50",
+}
+FUSED = "fused"
+TABLE_HEADERS = ["Lesion", "Confidence", "Box x0, y0, x1, y1 (px)"]
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def arch_name(arch: str) -> str:
+    return ARCH_NAMES.get(arch, arch)
+
+
+def _pct(p: float) -> str:
+    return f"{100.0 * min(max(float(p), 0.0), 1.0):.2f}%"
+
+
+# --------------------------------------------------------------------------- page furniture
+def banner_html(info: dict[str, Any]) -> str:
+    """The persistent red banner for untrained bundles ('' for trained ones)."""
+    if info.get("trained"):
+        return ""
+    rest = UNTRAINED_WARNING.split(":", 1)[1].strip() if ":" in UNTRAINED_WARNING else UNTRAINED_WARNING
+    rest = rest[:1].upper() + rest[1:]
+    return ('<div class="sx-banner" role="alert"><span class="sx-banner-icon" aria-hidden="true">&#9888;</span>'
+            '<div><strong>UNTRAINED MODEL WEIGHTS - results carry no meaning.</strong> '
+            f'{esc(rest)} Do not use these results for any decision.</div></div>')
+
+
+def status_html(info: dict[str, Any]) -> str:
+    trained = bool(info.get("trained"))
+    state = ('<span class="sx-pill sx-pill-ok">trained</span>' if trained
+             else '<span class="sx-pill sx-pill-bad">UNTRAINED</span>')
+    return ('<div class="sx-status">'
+            f'<span><b>Runtime</b> {esc(info.get("runtime", "?"))}</span>'
+            f'<span><b>Model bundle</b> {esc(info.get("name", "?"))} v{esc(info.get("version", "?"))}</span>'
+            f'<span><b>Weights</b> {state}</span></div>')
+
+
+def disclaimer_html() -> str:
+    return f'<div class="sx-disclaimer">{esc(DISCLAIMER)}</div>'
+
+
+def footer_html(source_url: str | None = None) -> str:
+    src = (f' Source code: <a href="{esc(source_url)}" target="_blank" rel="noopener">{esc(source_url)}</a>.'
+           if source_url else " The complete source code is available to every user of this service.")
+    return ('<div class="sx-footer">SpineXR Triage - free software under the '
+            '<a href="https://www.gnu.org/licenses/agpl-3.0.html" target="_blank" rel="noopener">GNU AGPL-3.0</a>.'
+            f'{src} Uploads are processed in memory and deleted after reading; no study is stored.</div>')
+
+
+def placeholder_html() -> str:
+    return ('<div class="sx-placeholder">Upload a spine radiograph (DICOM, PNG, JPEG or TIFF) or pick an example. '
+            'The triage result appears first; lesion boxes and explanations follow.</div>')
+
+
+def working_html(text: str) -> str:
+    return f'<div class="sx-placeholder sx-working">{esc(text)}</div>'
+
+
+# --------------------------------------------------------------------------- triage
+def triage_html(finding: dict[str, Any]) -> str:
+    """Verdict, ensemble probability bar with the gate marked, and each model's probability and weight."""
+    p, gate = float(finding["probability"]), float(finding["gate"])
+    abnormal = bool(finding["abnormal"])
+    verdict = "ABNORMAL" if abnormal else "NORMAL"
+    detail = ("at or above the gate: lesion detection and explanations follow" if abnormal
+              else "below the gate: no lesion detection by default")
+    rows = []
+    for arch, m in finding["models"].items():
+        rows.append(
+            '<div class="sx-model">'
+            f'<span class="sx-model-name">{esc(arch_name(arch))} <code>{esc(arch)}</code></span>'
+            f'<span class="sx-model-weight">weight {float(m["weight"]):.2f}</span>'
+            f'<span class="sx-minibar"><span class="sx-minifill" style="width:{_pct(m["probability"])}"></span>'
+            f'<span class="sx-minigate" style="left:{_pct(gate)}"></span></span>'
+            f'<span class="sx-model-p">{float(m["probability"]):.3f}</span></div>')
+    layers = gate_layers_html(finding.get("gate_layers") or ())
+    checks = f'<details class="sx-checks"><summary>Input checks</summary>{layers}</details>' if layers else ""
+    untrained = ('<div class="sx-inline-warn">Untrained weights: this number is noise, not a finding.</div>'
+                 if not finding.get("bundle", {}).get("trained", True) else "")
+    return (
+        f'<div class="sx-triage {"sx-abnormal" if abnormal else "sx-normal"}">'
+        '<div class="sx-head">'
+        f'<span class="sx-verdict">{verdict}</span>'
+        f'<span class="sx-prob">P(abnormal) = <b>{p:.3f}</b> &middot; gate {gate:.3f}</span></div>'
+        f'<div class="sx-sub">Ensemble probability {detail}.</div>'
+        f'<div class="sx-bar" role="img" aria-label="ensemble probability {p:.3f}, gate {gate:.3f}">'
+        f'<span class="sx-fill" style="width:{_pct(p)}"></span>'
+        f'<span class="sx-gate" style="left:{_pct(gate)}"><span class="sx-gate-label">gate {gate:.3f}</span></span>'
+        '</div>'
+        '<div class="sx-scale"><span>0</span><span>0.5</span><span>1</span></div>'
+        '<div class="sx-models-title">Ensemble members (weighted soft vote, test-time augmentation)</div>'
+        f'<div class="sx-models">{"".join(rows)}</div>'
+        f'{untrained}{image_notes_html(finding)}{checks}</div>')
+
+
+def image_notes_html(finding: dict[str, Any]) -> str:
+    img = finding.get("image")
+    if not img:
+        return ""
+    parts = [f'{int(img["width"])} x {int(img["height"])} px', "DICOM" if img.get("source") == "dicom" else "raster"]
+    for key in ("photometric", "transfer_syntax"):
+        if img.get(key):
+            parts.append(str(img[key]))
+    if img.get("bits_stored"):
+        parts.append(f'{int(img["bits_stored"])}-bit')
+    parts.extend(str(n) for n in img.get("processing") or ())
+    return f'<div class="sx-notes">Input: {esc(" | ".join(parts))}</div>'
+
+
+def gate_layers_html(layers: Iterable[dict[str, Any]]) -> str:
+    items = []
+    for layer in layers:
+        status = str(layer.get("status", ""))
+        cls = {"passed": "ok", "rejected": "bad"}.get(status, "skip")
+        items.append(f'<li class="sx-layer-{cls}"><b>{esc(layer.get("name", ""))}</b> {esc(status)}: '
+                     f'{esc(layer.get("detail", ""))}</li>')
+    return f'<ul class="sx-layers">{"".join(items)}</ul>' if items else ""
+
+
+# --------------------------------------------------------------------------- errors
+def error_html(title: str, message: str, layers: Iterable[dict[str, Any]] = ()) -> str:
+    checks = gate_layers_html(layers)
+    checks = f'<details><summary>Input checks</summary>{checks}</details>' if checks else ""
+    return (f'<div class="sx-error" role="alert"><div class="sx-error-title">{esc(title)}</div>'
+            f'<div class="sx-error-msg">{esc(message)}</div>{checks}'
+            '<div class="sx-error-hint">No model output is shown for this file.</div></div>')
+
+
+# --------------------------------------------------------------------------- lesions
+def legend_html(lesions: Sequence[Lesion] | None) -> str:
+    """Swatches for all lesion classes, with the number of boxes of each class found in this study."""
+    counts: dict[str, int] = {}
+    for les in lesions or ():
+        counts[les.label] = counts.get(les.label, 0) + 1
+    items = []
+    for label in LESION_CLASSES:
+        n = counts.get(label, 0)
+        items.append(f'<span class="sx-legend-item{" sx-present" if n else ""}">'
+                     f'<span class="sx-swatch" style="background:{colour_hex(label)}"></span>'
+                     f'{esc(display_name(label))}{f" <b>x{n}</b>" if n else ""}</span>')
+    if lesions is None:
+        note = "Detector not run."
+    elif not lesions:
+        note = "No lesion above the detector's confidence threshold."
+    else:
+        note = f"{len(lesions)} box{'es' if len(lesions) != 1 else ''} detected."
+    return (f'<div class="sx-legend"><div class="sx-legend-title">Box colours - {esc(note)}</div>'
+            f'{"".join(items)}</div>')
+
+
+def lesion_rows(lesions: Sequence[Lesion] | None) -> list[list[Any]]:
+    return [[les.name, round(float(les.confidence), 3), ", ".join(f"{v:.0f}" for v in les.box)]
+            for les in (lesions or ())]
+
+
+def lesion_image(enhanced: np.ndarray, lesions: Sequence[Lesion], original_shape: tuple[int, int]) -> np.ndarray:
+    return draw_lesions(enhanced, lesions, original_shape)
+
+
+# --------------------------------------------------------------------------- explanations
+def cam_choices(per_model: Iterable[str]) -> list[tuple[str, str]]:
+    return [("Ensemble (fused)", FUSED)] + [(arch_name(a), a) for a in per_model]
+
+
+def cam_image(enhanced: np.ndarray, cam, choice: str = FUSED) -> np.ndarray:
+    heat = cam.per_model.get(choice, cam.fused) if choice != FUSED else cam.fused
+    return heatmap_overlay(enhanced, heat)
+
+
+def lime_image(enhanced: np.ndarray, lime) -> np.ndarray:
+    return lime_overlay(enhanced, lime.weights)
+
+
+def explain_note_html(finding: dict[str, Any], lime_pending: bool) -> str:
+    ex = finding.get("explanations") or {}
+    cam = ex.get("gradcam")
+    lime = ex.get("lime")
+    parts = []
+    if cam:
+        parts.append(f"Grad-CAM ({esc(cam)}): warm colours mark regions that raise P(abnormal).")
+    if lime:
+        parts.append(f"LIME ({int(lime['samples'])} samples, local fit R&sup2; {float(lime['score']):.2f}): "
+                     "red superpixels support abnormal, blue oppose it.")
+    elif lime_pending:
+        parts.append("LIME is running (it perturbs superpixels and re-scores the ensemble; slowest step).")
+    return f'<div class="sx-notes">{" ".join(parts)}</div>' if parts else ""
+
+
+__all__ = ["ARCH_NAMES", "FUSED", "TABLE_HEADERS", "arch_name", "banner_html", "cam_choices",
+           "cam_image", "disclaimer_html", "error_html", "esc", "explain_note_html", "footer_html",
+           "gate_layers_html", "legend_html", "lesion_image", "lesion_rows", "lime_image", "placeholder_html",
+           "status_html", "triage_html", "working_html"]
