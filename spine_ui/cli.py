@@ -84,11 +84,11 @@ def _write_outputs(a, out: Path) -> None:
 
 def cmd_bundle(args) -> int:
     if args.bundle_cmd == "init-untrained":
-        from .bundle.untrained import init_untrained
+        from .bundle.resolve import ensure_untrained
 
         sizes = dict(_kv(s) for s in args.size or [])
-        path = init_untrained(Path(args.out), seed=args.seed, sizes={k: int(v) for k, v in sizes.items()},
-                              detector=not args.no_detector, name=Path(args.out).name)
+        path = ensure_untrained(Path(args.out), force=True, seed=args.seed, detector=not args.no_detector,
+                                sizes={k: int(v) for k, v in sizes.items()})
         print(f"untrained bundle written to {path}")
     elif args.bundle_cmd == "import-checkpoints":
         from .bundle.importer import import_checkpoints
@@ -111,6 +111,13 @@ def cmd_bundle(args) -> int:
         from .bundle.hub import download_bundle
 
         print(f"bundle downloaded to {download_bundle(args.repo, Path(args.out), args.revision)}")
+    return 0
+
+
+def _serve() -> int:
+    from .ui.app import main as serve
+
+    serve()
     return 0
 
 
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
+
+    sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
+    sv.set_defaults(func=lambda _args: _serve())
 
     from .bench import add_arguments, run_from_args
 

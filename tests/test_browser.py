@@ -59,7 +59,9 @@ def app_url(tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                SPINE_MODELS_DIR=str(ROOT / "models"), SPINE_BUNDLE="untrained", SPINE_LIME_SAMPLES=str(LIME_SAMPLES),
-               GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+               GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONUNBUFFERED="1",
+               # tests/support/sitecustomize.py records (and refuses) any non-loopback connection attempt
+               PYTHONPATH=f"{ROOT / 'tests' / 'support'}{os.pathsep}{ROOT}", SPINE_NET_LOG=str(tmp / "net.log"))
     log = tmp / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -75,6 +77,8 @@ def app_url(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=5)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    net = tmp / "net.log"
+    assert not net.exists(), f"the app tried to reach the network: {net.read_text()[:500]}"
 
 
 @pytest.fixture(scope="module")

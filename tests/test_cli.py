@@ -116,3 +116,12 @@ def test_default_bundle_comes_from_the_environment(tmp_path, full_bundle_dir, ph
     proc, _ = run_cli("analyze", str(phantom_dicom), "--bundle", "nonexistent", tmp_path=tmp_path,
                       extra_env={"SPINE_MODELS_DIR": str(models)})
     assert proc.returncode == 3 and "No model bundle 'nonexistent'" in proc.stderr
+
+
+def test_network_recorder_catches_attempts(tmp_path):
+    """The guard behind the 'no network attempts' assertions really sees an attempt."""
+    net_log = tmp_path / "net.log"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests' / 'support'}{os.pathsep}{ROOT}", "SPINE_NET_LOG": str(net_log)}
+    code = "import socket\ntry:\n socket.create_connection(('example.org', 443), timeout=2)\nexcept OSError:\n pass"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert "example.org" in net_log.read_text()

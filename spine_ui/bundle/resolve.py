@@ -16,19 +16,20 @@ from .store import Bundle, open_bundle
 log = logging.getLogger(__name__)
 
 
-def ensure_untrained(path: Path, **kwargs) -> Path:
-    """Create the untrained bundle at ``path`` atomically (built in a sibling temp dir, then renamed)."""
+def ensure_untrained(path: Path, force: bool = False, **kwargs) -> Path:
+    """Create the untrained bundle at ``path`` atomically (built in a sibling temp dir, then renamed), so no
+    reader ever sees a half-written bundle. An existing bundle is kept unless ``force``."""
     from .untrained import init_untrained
 
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() and not force:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         init_untrained(tmp, name=path.name, **kwargs)
         tmp.chmod(0o755)
-        if path.exists() and not (path / MANIFEST).is_file():
+        if path.exists() and (force or not (path / MANIFEST).is_file()):
             shutil.rmtree(path)
         try:
             os.rename(tmp, path)
