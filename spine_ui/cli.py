@@ -25,30 +25,81 @@ def _bundle_from_args(args) -> "Bundle":  # noqa: F821
 
 
 def cmd_analyze(args) -> int:
-    from .pipeline import AnalysisOptions, Analyzer
+    """Analyse files, folders (recursive) and .zip archives. One file: as before. Several studies: one result
+    each, a progress bar on stderr (on a terminal), ``--csv`` writes the worklist (most suspicious first).
+    Exit 0 when every study was analysed or rejected, 2 when any file could not be read (all others are still
+    analysed and listed)."""
+    from tqdm import tqdm
 
-    files = [Path(f) for f in args.files]
-    for f in files:
-        if not f.is_file():
-            print(f"error: no such file: {f.name}", file=sys.stderr)
+    from .pipeline import AnalysisOptions, Analyzer
+    from .worklist import analyze_each, expand_inputs, sort_rows, to_csv
+
+    paths = [Path(f) for f in args.files]
+    for p in paths:
+        if not (p.is_file() or p.is_dir()):
+            print(f"error: no such file: {p.name}", file=sys.stderr)
             return 2
+    skipped: list[str] = []
+    items = expand_inputs(paths, skipped=skipped)
+    single = len(paths) == 1 and len(items) == 1 and paths[0].is_file() and items[0][1] == paths[0]
+    if skipped and not args.quiet:
+        print(f"note: skipped {len(skipped)} file(s) that are not radiographs by name (e.g. {skipped[0]})",
+              file=sys.stderr)
+    if not items:
+        print("error: no radiograph files found in the given folders or archives", file=sys.stderr)
+        return 2
     analyzer = Analyzer(_bundle_from_args(args))
     explain = bool(args.explain)
     options = AnalysisOptions(detect=args.detect, gradcam=True, lime=explain, explain_normal=explain,
                               lime_samples=args.lime_samples, tta=not args.no_tta)
-    status = 0
-    for f in files:
+    rows = []
+    unreadable = 0
+    used: set[str] = set()
+    bar = tqdm(total=len(items), unit="study", file=sys.stderr, dynamic_ncols=True,
+               disable=True if (single or args.quiet) else None)  # None: only when stderr is a terminal
+    try:
+        for row, a in analyze_each(analyzer, items, options):
+            bar.update(1)
+            rows.append(row)
+            if a is None:
+                unreadable += 1
+                tqdm.write(f"error: {row.reason}" if single else f"error: {row.study}: {row.reason}", file=sys.stderr)
+                continue
+            finding = a.finding()
+            if args.out:
+                _write_outputs(a, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
+            if not args.quiet:
+                text = json.dumps(finding) if args.json else _summary(finding)
+                if not single and not args.json:
+                    text = f"== {row.study}\n{text}"
+                tqdm.write(text, file=sys.stdout)
+    finally:
+        bar.close()
+    if args.csv:
+        out = Path(args.csv)
         try:
-            a = analyzer.analyze(f, f.name, options)
-        except InputError as exc:
-            print(f"error: {exc.user_message}", file=sys.stderr)
-            status = 2
-            continue
-        finding = a.finding()
-        if args.out:
-            _write_outputs(a, Path(args.out) / (f.stem if len(files) > 1 else ""))
-        print(json.dumps(finding, indent=None if args.json else 2) if args.json else _summary(finding))
-    return status
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "w", encoding="utf-8", newline="") as fh:
+                fh.write(to_csv(sort_rows(rows)))
+        except OSError as exc:
+            print(f"error: cannot write the worklist CSV ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"worklist: {len(rows)} studies written to {out}", file=sys.stderr)
+    if unreadable and not single:
+        where = f"; see their rows in {Path(args.csv).name}" if args.csv else ""
+        print(f"error: {unreadable} of {len(rows)} files could not be read{where}", file=sys.stderr)
+    return 2 if unreadable else 0
+
+
+def _unique_stem(name: str, used: set[str]) -> str:
+    stem = Path(name).stem or "study"
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
 
 
 def _summary(f: dict) -> str:
@@ -141,8 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    a = sub.add_parser("analyze", help="analyse radiograph files (DICOM, PNG, JPEG, TIFF)")
-    a.add_argument("files", nargs="+")
+    a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF): files, folders, .zip archives")
+    a.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
+                   help="files, folders (searched recursively, hidden files skipped) or .zip archives")
+    a.add_argument("--csv", metavar="OUT.csv",
+                   help="write the worklist (file name, verdict, probability, lesions, reason), most suspicious first")
+    a.add_argument("-q", "--quiet", action="store_true", help="no per-study output (errors are still reported)")
     a.add_argument("--json", action="store_true", help="print one JSON object per file")
     a.add_argument("--explain", action="store_true", help="Grad-CAM and LIME, whatever the verdict")
     a.add_argument("--lime-samples", type=int, default=None)

@@ -127,6 +127,7 @@ class Analyzer:
             a.enhanced = enhance(a.study.pixels, self.bundle.manifest.preprocess)
         with _timer(a, "gate"):
             a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
+        a.study = a.study.without_pixels()  # later stages use the working image; cached analyses stay small
         with self._lock:
             self._cache[key] = a
             while len(self._cache) > self.cache_size:

@@ -25,6 +25,8 @@ def test_stages_stream_in_order_and_cache(analyzer, phantom_dicom):
         detect="always", lime=True, explain_normal=True, lime_samples=12))]
     assert stages == ["gate", "triage", "detect", "lime"]
     a = analyzer.load(phantom_dicom)
+    assert a.study.pixels.size == 0  # raw pixels released once the working image exists
+    assert a.study.shape == a.enhanced.shape  # 768 px tall: below the 1024 working size, so not resized
     triage, cam, lime = a.triage, a.cam, a.lime
     assert triage is not None and cam is not None and lime is not None
     again = analyzer.analyze(phantom_dicom.read_bytes(), options=AnalysisOptions(lime=True, explain_normal=True,

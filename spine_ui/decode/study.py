@@ -32,4 +32,11 @@ class Study:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(H, W) of the decoded image, also after ``without_pixels``."""
+        if self.pixels.size == 0:
+            return self.meta.original_shape
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    def without_pixels(self) -> "Study":
+        """A metadata-only copy: the full-resolution pixels are released once the working image exists."""
+        return Study(np.zeros((0, 0), np.float32), StudyMeta(**{**self.meta.__dict__, "original_shape": self.shape}))

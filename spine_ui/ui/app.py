@@ -4,6 +4,11 @@ The bundle is loaded once at start-up. Each upload is read into memory and gradi
 straight away; results stream stage by stage (triage first, then boxes + Grad-CAM, LIME last). Rejected and
 unreadable files end in an error panel with a plain-language reason, never in an exception.
 
+A second tab, the worklist (``ui/worklist.py``), takes many files or a .zip at once, lists them by probability
+(most suspicious first) as they are analysed, and opens each in a second copy of the same result panel (built by
+``_result_head`` / ``_result_images``, filled by the same ``SpineUI`` views), with review marks and CSV / JSON
+downloads.
+
 Named API endpoints (``gradio_client``): ``/analyze`` (file -> finding dict: triage, detection, Grad-CAM, no
 LIME) and ``/explain`` (file, LIME samples -> finding dict plus box, Grad-CAM and LIME images).
 """
@@ -29,7 +34,9 @@ from ..errors import BundleError, InputError
 from ..pipeline import Analysis, AnalysisOptions, Analyzer
 from ..report import DISCLAIMER
 from . import render as R
+from . import worklist as WL
 from .examples import ensure_examples, example_labels
+from .worklist import WorklistUI
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,10 @@ GENERIC_ERROR = ("The analysis failed unexpectedly. Nothing was stored; please t
 NO_FILE = "No file was provided."
 REPORT_NAME = "spinexr-finding.json"
 STATE_TTL_S = 1800
+#: Studies kept analysed in memory by the app's Analyzer (and the upload LRU): the largest worklist.
+DEFAULT_CACHE_STUDIES = 64
+#: Upper bound on the bytes of uploads held in memory (the LRU drops the oldest beyond it).
+RECENT_MAX_BYTES = 1024 ** 3
 GONE = "This study is no longer held in memory (the server keeps only the most recent ones). Upload it again."
 #: Zero-byte temp files gradio's File.preprocess leaves in its cache root are swept once this old.
 ORPHAN_AGE_S = 120.0
@@ -72,18 +83,24 @@ class RecentStudies:
     The page keeps only the key in its session state, so follow-up actions (explain anyway, LIME, another
     Grad-CAM map) find the study without the server keeping one copy per browser session."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         self.size = max(1, size)
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         with self._lock:
+            if key not in self._items:
+                self._bytes += len(data)
             self._items[key] = data
             self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            while len(self._items) > self.size or (
+                    self.max_bytes is not None and self._bytes > self.max_bytes and len(self._items) > 1):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
         return key
 
     def get(self, key: str | None) -> bytes | None:
@@ -101,7 +118,7 @@ class SpineUI:
 
     def __init__(self, analyzer: Analyzer, lime_samples: int | None = None) -> None:
         self.analyzer = analyzer
-        self.recent = RecentStudies(analyzer.cache_size)
+        self.recent = RecentStudies(analyzer.cache_size, RECENT_MAX_BYTES)
         self.info = analyzer.bundle.info()
         self.lime_samples = lime_samples or default_lime_samples(analyzer)
         self.cache_dir: Path = Path(gr.utils.get_upload_folder())
@@ -396,19 +413,75 @@ def launch_kwargs(**overrides: Any) -> dict[str, Any]:
     return kw
 
 
+def cache_studies() -> int:
+    """How many studies the app keeps analysed in memory (Analyzer cache and upload LRU); also the largest
+    worklist. ``SPINE_CACHE_STUDIES`` overrides the default."""
+    env = os.environ.get("SPINE_CACHE_STUDIES", "").strip()
+    try:
+        n = int(env) if env else DEFAULT_CACHE_STUDIES
+    except ValueError:
+        n = DEFAULT_CACHE_STUDIES
+    return max(1, min(n, 1000))
+
+
+def _result_head(c: dict[str, Any], eid: Callable[[str], str], placeholder: str) -> None:
+    """Error panel, triage panel, 'explain anyway' + JSON report buttons, finding accordion."""
+    c["error"] = gr.HTML("", visible=False, elem_id=eid("error"), js_on_load=None)
+    c["triage"] = gr.HTML(placeholder, elem_id=eid("triage"), js_on_load=None)
+    with gr.Row():
+        c["explain_btn"] = gr.Button("Explain anyway (Grad-CAM + LIME)", visible=False, variant="primary",
+                                     elem_id=eid("explain"), scale=0, min_width=330)
+        c["report"] = gr.DownloadButton("Download JSON report", visible=False, size="md", elem_id=eid("report"),
+                                        scale=0, min_width=220)
+    with gr.Accordion("Finding (JSON, no patient identifiers)", open=False, visible=False) as c["details_acc"]:
+        c["details"] = gr.JSON(label="Finding", show_label=False)
+
+
+def _result_images(c: dict[str, Any], eid: Callable[[str], str], cam_choices: list[tuple[str, str]]) -> None:
+    """Lesion boxes + legend + table, then Grad-CAM and LIME side by side."""
+    with gr.Column(visible=False, elem_id=eid("detect")) as c["detect_group"]:
+        gr.HTML('<h3 class="sx-h">Lesion detection (YOLO11-L)</h3>', js_on_load=None)
+        with gr.Row(equal_height=False):
+            c["boxes"] = gr.Image(label="Detected lesions", type="numpy", interactive=False, height=460,
+                                  buttons=["download", "fullscreen"], scale=3, elem_id=eid("boxes"))
+            with gr.Column(scale=2, min_width=280):
+                c["legend"] = gr.HTML("", elem_id=eid("legend"), js_on_load=None)
+                c["table"] = gr.Dataframe(headers=R.TABLE_HEADERS, datatype=["str", "number", "str"],
+                                          interactive=False, label="Lesions", wrap=True, max_height=320,
+                                          elem_id=eid("table"))
+
+    with gr.Column(visible=False, elem_id=eid("explain-panels")) as c["explain_group"]:
+        gr.HTML('<h3 class="sx-h">Explanations</h3>', js_on_load=None)
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=300):
+                c["cam"] = gr.Image(label="Grad-CAM", type="numpy", interactive=False, height=460,
+                                    buttons=["download", "fullscreen"], elem_id=eid("cam"))
+                c["cam_choice"] = gr.Radio(cam_choices, value=R.FUSED, label="Grad-CAM map", show_label=False,
+                                           container=False, elem_id=eid("cam-choice"))
+            with gr.Column(min_width=300):
+                c["lime"] = gr.Image(label="LIME", type="numpy", interactive=False, height=460,
+                                     buttons=["download", "fullscreen"], elem_id=eid("lime"))
+                c["explain_note"] = gr.HTML("", elem_id=eid("explain-note"), js_on_load=None)
+
+
 def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = EXAMPLES_DIR,
-              lime_samples: int | None = None) -> gr.Blocks:
-    """The Blocks app. Without ``analyzer`` the default bundle is loaded (and warmed up) once, here."""
+              lime_samples: int | None = None, cache_size: int | None = None) -> gr.Blocks:
+    """The Blocks app. Without ``analyzer`` the default bundle is loaded (and warmed up) once, here, with an
+    Analyzer cache of ``cache_size`` studies (default :func:`cache_studies`), which also bounds a worklist so
+    that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size."""
     if analyzer is None:
         from ..bundle.resolve import load_default
 
         bundle = load_default()
         bundle.warm_up()
-        analyzer = Analyzer(bundle)
+        analyzer = Analyzer(bundle, cache_size=cache_size or cache_studies())
     ui = SpineUI(analyzer, lime_samples)
+    wl = WorklistUI(ui)
     info = ui.info
     examples = ensure_examples(examples_dir) if examples_dir is not None else []
-    c: dict[str, Any] = {}
+    c: dict[str, Any] = {}  # the single-study view
+    w: dict[str, Any] = {}  # the worklist tab: its controls ("wl_*") and its own result panel (OUTPUTS names)
+    cam_choices = R.cam_choices(ui.analyzer.bundle.manifest.weights)
 
     with gr.Blocks(title=TITLE, delete_cache=(300, 1800), analytics_enabled=False) as demo:
         ui.cache_dir = Path(demo.GRADIO_CACHE)
@@ -419,62 +492,82 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = E
         gr.HTML(R.status_html(info), elem_id="sx-status", js_on_load=None)
         gr.HTML(R.disclaimer_html(), js_on_load=None)
 
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=300):
-                upload = gr.File(label="Radiograph (DICOM, PNG, JPEG, TIFF; max 50 MB)", file_types=ACCEPTED_TYPES,
-                                 type="filepath", height=150, elem_id="sx-upload")
-                gr.HTML('<div class="sx-hint">Files larger than 50 MB are refused. DICOM and 16-bit images are '
-                        'decoded on the server; the upload is deleted as soon as it has been read and no patient '
-                        'identifiers are shown or reported.</div>', js_on_load=None)
-                always = gr.Checkbox(label="Always run detector and explanations", value=False,
-                                     info="Also for studies below the gate (normal).", elem_id="sx-always")
-                samples = gr.Slider(8, max(1000, ui.lime_samples), value=ui.lime_samples, step=4,
-                                    label="LIME samples", info="More samples: steadier map, slower.",
-                                    elem_id="sx-lime-samples")
-                if examples:
-                    ex = gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload],
-                                     example_labels=example_labels(examples), label="Synthetic examples (phantoms)",
-                                     examples_per_page=5)
-                    # gradio copies examples into its cache once and hands out that copy on every click: keep
-                    # the copies out of both the upload clean-up and gradio's own delete_cache sweep.
-                    upload.keep_in_cache.update(_example_cache_paths(ex))
-            with gr.Column(scale=8, min_width=360):
-                c["error"] = gr.HTML("", visible=False, elem_id="sx-error", js_on_load=None)
-                c["triage"] = gr.HTML(R.placeholder_html(), elem_id="sx-triage", js_on_load=None)
-                with gr.Row():
-                    c["explain_btn"] = gr.Button("Explain anyway (Grad-CAM + LIME)", visible=False,
-                                                 variant="primary", elem_id="sx-explain", scale=0,
-                                                 min_width=330)
-                    c["report"] = gr.DownloadButton("Download JSON report", visible=False, size="md",
-                                                    elem_id="sx-report", scale=0, min_width=220)
-                with gr.Accordion("Finding (JSON, no patient identifiers)", open=False,
-                                  visible=False) as c["details_acc"]:
-                    c["details"] = gr.JSON(label="Finding", show_label=False)
+        with gr.Tabs(elem_id="sx-tabs"):
+            with gr.Tab("Single study", id="single", elem_id="sx-tab-single"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=300):
+                        upload = gr.File(label="Radiograph (DICOM, PNG, JPEG, TIFF; max 50 MB)",
+                                         file_types=ACCEPTED_TYPES, type="filepath", height=150,
+                                         elem_id="sx-upload")
+                        gr.HTML('<div class="sx-hint">Files larger than 50 MB are refused. DICOM and 16-bit images '
+                                'are decoded on the server; the upload is deleted as soon as it has been read and '
+                                'no patient identifiers are shown or reported.</div>', js_on_load=None)
+                        always = gr.Checkbox(label="Always run detector and explanations", value=False,
+                                             info="Also for studies below the gate (normal).", elem_id="sx-always")
+                        samples = gr.Slider(8, max(1000, ui.lime_samples), value=ui.lime_samples, step=4,
+                                            label="LIME samples", info="More samples: steadier map, slower.",
+                                            elem_id="sx-lime-samples")
+                        if examples:
+                            ex = gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload],
+                                             example_labels=example_labels(examples),
+                                             label="Synthetic examples (phantoms)", examples_per_page=5)
+                            # gradio copies examples into its cache once and hands out that copy on every click:
+                            # keep the copies out of both the upload clean-up and gradio's delete_cache sweep.
+                            upload.keep_in_cache.update(_example_cache_paths(ex))
+                    with gr.Column(scale=8, min_width=360):
+                        _result_head(c, lambda n: f"sx-{n}", R.placeholder_html())
+                _result_images(c, lambda n: f"sx-{n}", cam_choices)
 
-        with gr.Column(visible=False, elem_id="sx-detect") as c["detect_group"]:
-            gr.HTML('<h3 class="sx-h">Lesion detection (YOLO11-L)</h3>', js_on_load=None)
-            with gr.Row(equal_height=False):
-                c["boxes"] = gr.Image(label="Detected lesions", type="numpy", interactive=False, height=460,
-                                      buttons=["download", "fullscreen"], scale=3, elem_id="sx-boxes")
-                with gr.Column(scale=2, min_width=280):
-                    c["legend"] = gr.HTML("", elem_id="sx-legend", js_on_load=None)
-                    c["table"] = gr.Dataframe(headers=R.TABLE_HEADERS, datatype=["str", "number", "str"],
-                                              interactive=False, label="Lesions", wrap=True, max_height=320,
-                                              elem_id="sx-table")
-
-        with gr.Column(visible=False, elem_id="sx-explain-panels") as c["explain_group"]:
-            gr.HTML('<h3 class="sx-h">Explanations</h3>', js_on_load=None)
-            with gr.Row(equal_height=False):
-                with gr.Column(min_width=300):
-                    c["cam"] = gr.Image(label="Grad-CAM", type="numpy", interactive=False, height=460,
-                                        buttons=["download", "fullscreen"], elem_id="sx-cam")
-                    c["cam_choice"] = gr.Radio(R.cam_choices(ui.analyzer.bundle.manifest.weights), value=R.FUSED,
-                                               label="Grad-CAM map", show_label=False, container=False,
-                                               elem_id="sx-cam-choice")
-                with gr.Column(min_width=300):
-                    c["lime"] = gr.Image(label="LIME", type="numpy", interactive=False, height=460,
-                                         buttons=["download", "fullscreen"], elem_id="sx-lime")
-                    c["explain_note"] = gr.HTML("", elem_id="sx-explain-note", js_on_load=None)
+            with gr.Tab("Worklist", id="worklist", elem_id="sx-tab-worklist"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=300):
+                        w["wl_files"] = gr.File(label="Radiographs or a .zip (several files; max 50 MB each)",
+                                                file_count="multiple", file_types=ACCEPTED_TYPES + [".zip"],
+                                                type="filepath", height=150, elem_id="sx-wl-upload")
+                        gr.HTML(WL.intro_html(), js_on_load=None)
+                        w["always"] = gr.Checkbox(label="Detector and Grad-CAM for every study", value=False,
+                                                  info="Also for studies below the gate (normal).",
+                                                  elem_id="sx-wl-always")
+                        w["samples"] = gr.Slider(8, max(1000, ui.lime_samples), value=ui.lime_samples, step=4,
+                                                 label="LIME samples (when a study is opened)",
+                                                 elem_id="sx-wl-lime-samples")
+                        w["wl_stop"] = gr.Button("Stop after the current study", visible=False, size="sm",
+                                                 variant="stop", elem_id="sx-wl-stop")
+                    with gr.Column(scale=8, min_width=360):
+                        w["wl_status"] = gr.HTML(WL.summary_html([], 0, False), elem_id="sx-wl-status",
+                                                 js_on_load=None)
+                        w["wl_progress"] = gr.HTML("", elem_id="sx-wl-progress", js_on_load=None)
+                        w["wl_table"] = gr.Dataframe(headers=WL.TABLE_HEADERS, datatype=WL.TABLE_TYPES, value=[],
+                                                     interactive=False, label="Worklist (most suspicious first)",
+                                                     wrap=True, max_height=420, elem_id="sx-wl-table",
+                                                     column_widths=["5%", "18%", "11%", "14%", "10%", "22%", "20%"])
+                        with gr.Row():
+                            w["wl_csv"] = gr.DownloadButton("Download worklist CSV", visible=False, size="md",
+                                                            elem_id="sx-wl-csv", scale=0, min_width=220)
+                            w["wl_json"] = gr.DownloadButton("Download worklist JSON", visible=False, size="md",
+                                                             elem_id="sx-wl-json", scale=0, min_width=220)
+                with gr.Group(elem_id="sx-wl-case"):
+                    with gr.Row(equal_height=True):
+                        w["wl_prev"] = gr.Button("< Previous", interactive=False, size="sm", scale=0, min_width=120,
+                                                 elem_id="sx-wl-prev")
+                        w["wl_nav"] = gr.HTML(WL.nav_html(None, 0, None), elem_id="sx-wl-nav", js_on_load=None)
+                        w["wl_next"] = gr.Button("Next >", size="sm", scale=0, min_width=120, elem_id="sx-wl-next")
+                    with gr.Row(equal_height=True):
+                        w["wl_review"] = gr.Radio(WL.REVIEW_CHOICES, value=None, label="Your review",
+                                                  elem_id="sx-wl-review", scale=2, min_width=260)
+                        w["wl_comment"] = gr.Textbox(label="Comment", lines=1, max_lines=4, max_length=2000,
+                                                     placeholder="Free text (no patient identifiers, please)",
+                                                     elem_id="sx-wl-comment", scale=4)
+                        w["wl_save"] = gr.Button("Save review", variant="primary", scale=0, min_width=140,
+                                                 elem_id="sx-wl-save")
+                    w["wl_saved"] = gr.HTML("", elem_id="sx-wl-saved", js_on_load=None)
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=360):
+                        _result_head(w, lambda n: f"sx-wl-{n}", WL.placeholder_html())
+                _result_images(w, lambda n: f"sx-wl-{n}", cam_choices)
+                w["state"] = gr.State(None, time_to_live=STATE_TTL_S)  # the open study's content hash
+                w["wl_id"] = gr.State(None, time_to_live=STATE_TTL_S)
+                w["wl_pos"] = gr.State(None, time_to_live=STATE_TTL_S)  # the open study's '#' (upload position)
 
         gr.HTML(R.footer_html(os.environ.get("SPINE_SOURCE_URL")), js_on_load=None)
         c["state"] = gr.State(None, time_to_live=STATE_TTL_S)
@@ -488,37 +581,106 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = E
         api_lime = gr.Image(visible=False, format="png", type="numpy")
 
         outputs = [c[name] for name in OUTPUTS]
+        wl_outputs = [w[name] for name in OUTPUTS + WL.WL_OUTPUTS]
 
-        def to_components(updates: Iterator[dict[str, Any]]) -> Iterator[dict[Any, Any]]:
+        def to_components(updates: Iterator[dict[str, Any]], comps: dict[str, Any] = c) -> Iterator[dict[Any, Any]]:
             for out in updates:
-                yield {c[k]: v for k, v in out.items()}
+                yield {comps[k]: v for k, v in out.items()}
 
         def ui_upload(path, always_v, samples_v, progress=gr.Progress()):
             yield from to_components(ui.on_upload(path, always_v, samples_v, progress))
 
-        def ui_explain(key, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(ui.on_explain(key, always_v, samples_v, progress))
+        common = dict(api_visibility="private", concurrency_id="analysis")
+
+        def wire_followups(p: dict[str, Any], always_c, samples_c, case: tuple = ()) -> list[Any]:
+            """'Explain anyway' (then LIME) and the Grad-CAM map choice of one result panel. ``case``: the
+            worklist id and open-study states; then updates for a study the page no longer shows are dropped."""
+            p_outputs = [p[name] for name in OUTPUTS]
+            if case:
+                def ui_explain(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
+                    yield from to_components(wl.guard(wl_id, pos, ui.on_explain(key, always_v, samples_v,
+                                                                                 progress)), p)
+
+                def ui_lime_explain(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
+                    yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, True,
+                                                                             progress)), p)
+            else:
+                def ui_explain(key, always_v, samples_v, progress=gr.Progress()):
+                    yield from to_components(ui.on_explain(key, always_v, samples_v, progress), p)
+
+                def ui_lime_explain(key, always_v, samples_v, progress=gr.Progress()):
+                    yield from to_components(ui.on_lime(key, always_v, samples_v, True, progress), p)
+
+            inputs = [p["state"], always_c, samples_c, *case]
+            run_explain = p["explain_btn"].click(ui_explain, inputs, p_outputs, show_progress_on=[p["triage"]],
+                                                 **common)
+            lime_explain = run_explain.then(ui_lime_explain, inputs, p_outputs, show_progress_on=[p["lime"]],
+                                            **common)
+            p["cam_choice"].input(ui.on_cam_choice, [p["cam_choice"], p["state"]], [p["cam"]],
+                                  api_visibility="private", concurrency_id="view", concurrency_limit=2,
+                                  show_progress="minimal")
+            return [run_explain, lime_explain]
 
         def ui_lime(key, always_v, samples_v, progress=gr.Progress()):
             yield from to_components(ui.on_lime(key, always_v, samples_v, False, progress))
 
-        def ui_lime_explain(key, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(ui.on_lime(key, always_v, samples_v, True, progress))
-
-        common = dict(api_visibility="private", concurrency_id="analysis")
+        # --- single study
         lime_inputs = [c["state"], always, samples]
         run_upload = upload.change(ui_upload, [upload, always, samples], outputs, show_progress_on=[c["triage"]],
                                    **common)
         lime_upload = run_upload.then(ui_lime, lime_inputs, outputs, show_progress_on=[c["lime"]], **common)
-        run_explain = c["explain_btn"].click(ui_explain, lime_inputs, outputs, show_progress_on=[c["triage"]],
-                                             **common)
-        lime_explain = run_explain.then(ui_lime_explain, lime_inputs, outputs, show_progress_on=[c["lime"]],
-                                        **common)
-        upload.clear(None, None, None, cancels=[run_upload, lime_upload, run_explain, lime_explain],
+        upload.clear(None, None, None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
                      api_visibility="private")
-        c["cam_choice"].input(ui.on_cam_choice, [c["cam_choice"], c["state"]], [c["cam"]],
-                              api_visibility="private", concurrency_id="view", concurrency_limit=2,
-                              show_progress="minimal")
+
+        # --- worklist
+        def wl_upload(paths, always_v, progress=gr.Progress()):
+            yield from to_components(wl.on_upload(paths, always_v, progress), w)
+
+        def wl_stop(wl_id):
+            return {w[k]: v for k, v in wl.on_stop(wl_id).items()}
+
+        def wl_replace(wl_id):
+            return {w[k]: v for k, v in wl.on_replace(wl_id).items()}
+
+        def wl_lime(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
+            yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, False, progress)), w)
+
+        def wl_select(wl_id, always_v, samples_v, evt: gr.SelectData, progress=gr.Progress()):
+            number = (evt.row_value or [None])[0] if evt is not None else None
+            yield from to_components(wl.on_select(wl_id, number, always_v, samples_v, progress), w)
+
+        def wl_prev(wl_id, pos, always_v, samples_v, progress=gr.Progress()):
+            yield from to_components(wl.on_step(wl_id, pos, -1, always_v, samples_v, progress), w)
+
+        def wl_next(wl_id, pos, always_v, samples_v, progress=gr.Progress()):
+            yield from to_components(wl.on_step(wl_id, pos, +1, always_v, samples_v, progress), w)
+
+        def wl_review(wl_id, pos, review, comment):
+            yield from to_components(wl.on_review(wl_id, pos, review, comment), w)
+
+        private = dict(api_visibility="private")
+        wl_lime_inputs = [w["state"], w["always"], w["samples"], w["wl_id"], w["wl_pos"]]
+        followups = wire_followups(w, w["always"], w["samples"], (w["wl_id"], w["wl_pos"]))
+        # A new upload asks the session's running worklist (if any) to stop, then starts the new one.
+        w["wl_files"].upload(wl_replace, [w["wl_id"]], [w["wl_progress"]], queue=False, **private).then(
+            wl_upload, [w["wl_files"], w["always"]], wl_outputs, show_progress_on=[w["wl_progress"]],
+            concurrency_id="worklist", concurrency_limit=1, **private)
+        w["wl_stop"].click(wl_stop, [w["wl_id"]], [w["wl_progress"]], queue=False, **private)
+        view = dict(concurrency_id="view", concurrency_limit=2, **private)
+        case_inputs = [w["wl_id"], w["wl_pos"], w["always"], w["samples"]]
+        opened = [
+            w["wl_table"].select(wl_select, [w["wl_id"], w["always"], w["samples"]], wl_outputs,
+                                 show_progress_on=[w["triage"]], **view),
+            w["wl_prev"].click(wl_prev, case_inputs, wl_outputs, show_progress_on=[w["triage"]], **view),
+            w["wl_next"].click(wl_next, case_inputs, wl_outputs, show_progress_on=[w["triage"]], **view),
+        ]
+        lime_runs = [ev.then(wl_lime, wl_lime_inputs, [w[name] for name in OUTPUTS],
+                             show_progress_on=[w["lime"]], **common) for ev in opened]
+        # Opening another study (or a new upload) drops the explanations still running for the previous one.
+        gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, w["wl_files"].upload], None, None,
+              None, cancels=lime_runs + followups, **private)
+        w["wl_save"].click(wl_review, [w["wl_id"], w["wl_pos"], w["wl_review"], w["wl_comment"]], wl_outputs,
+                           show_progress="minimal", **view)
 
         gr.Button(visible=False).click(ui.api_analyze, [api_file], [api_json], api_name="analyze",
                                        concurrency_id="analysis")
@@ -527,9 +689,11 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = E
                                        concurrency_id="analysis")
 
     ui.keep = lambda: set(upload.keep_in_cache)
-    demo.queue(default_concurrency_limit=1, max_size=16)
+    demo.queue(default_concurrency_limit=1, max_size=64)  # >= 20 concurrent users waiting (load test), bounded
     demo.spine = ui  # type: ignore[attr-defined]  (tests call the handlers directly)
+    demo.spine_worklist = wl  # type: ignore[attr-defined]
     demo.spine_components = c  # type: ignore[attr-defined]
+    demo.spine_worklist_components = w  # type: ignore[attr-defined]
     return demo
 
 
@@ -544,4 +708,4 @@ def main() -> None:
     demo.launch(**launch_kwargs())
 
 
-__all__ = ["SpineUI", "build_app", "launch_kwargs", "main"]
+__all__ = ["RecentStudies", "SpineUI", "build_app", "cache_studies", "launch_kwargs", "main"]
