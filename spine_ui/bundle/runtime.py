@@ -97,7 +97,11 @@ def load_state_dict(path: Path) -> dict:
     """Tensors only: ``weights_only=True`` so a bundle can never run code on load."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # e.g. a pickle that asks for a callable: refused by torch, reported plainly
+        raise BundleError(f"Bundle file '{Path(path).name}' could not be loaded safely (not a plain tensor "
+                          "state dict); refusing it.") from exc
 
 
 class TorchClassifier:

@@ -49,3 +49,7 @@ def decode_bytes(data: bytes, filename: str = "", cfg: DecodeConfig = _DEFAULT) 
         raise ImageTooLargeError("The image is too large to decode on this server.") from exc
     except Exception as exc:  # last line of defence: library errors never leak to the user
         raise CorruptFileError() from exc
+    except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is not an Exception subclass
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptFileError() from exc

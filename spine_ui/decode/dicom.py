@@ -14,6 +14,7 @@ Order of operations for a single-frame grayscale image:
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _PIXEL_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 _J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+class _NoPluginTracebacks(logging.Filter):
+    """pydicom logs each failing decoding plugin with a full traceback (``LOGGER.exception``) before it raises;
+    that failure reaches the user as an InputError, so the traceback record is dropped (CLI stderr, app log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_NoPluginTracebacks())
 
 
 @dataclass(frozen=True)
