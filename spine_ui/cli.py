@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
 
+    from .train.runner import add_train_parser
+
+    add_train_parser(sub)
+
     sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
     sv.set_defaults(func=lambda _args: _serve())
 
