@@ -1,5 +1,5 @@
 """Shared fixtures: test bundles (built once, cached on disk by a hash of the code that builds them),
-synthetic spine DICOMs written by the tests."""
+synthetic spine DICOMs written by the tests, the web app on the full untrained bundle."""
 from __future__ import annotations
 
 import hashlib
@@ -64,3 +64,33 @@ def write_phantom_dicom(path: Path, lesions=("Surgical implant",), seed: int = 1
 def phantom_dicom(tmp_path) -> Path:
     """A VinDr-like file: JPEG2000 lossless, 12-bit, MONOCHROME1, no Modality/BodyPart tags."""
     return write_phantom_dicom(tmp_path / "study.dicom")
+
+
+@pytest.fixture(scope="module")
+def gradio_tmp(tmp_path_factory):
+    """gradio's upload cache for this module's app, in a folder the test can inspect."""
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("gradio-cache")
+    mp.setenv("GRADIO_TEMP_DIR", str(d))
+    yield d
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def demo(gradio_tmp, full_bundle_dir):
+    """The Gradio app on the full untrained bundle (ONNX), no examples; modules may override it."""
+    from uihelpers import LIME_SAMPLES
+
+    from spine_ui.bundle.store import open_bundle
+    from spine_ui.pipeline import Analyzer
+    from spine_ui.ui.app import build_app
+
+    app = build_app(Analyzer(open_bundle(full_bundle_dir, "onnx")), examples_dir=None, lime_samples=LIME_SAMPLES)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def ui(demo):
+    """The app's handler object (``SpineUI``)."""
+    return demo.spine

@@ -13,13 +13,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
 from badinputs import UNICODE_NAME, failing, make_corpus, readable, spine_pixels
+from uihelpers import LIME_SAMPLES, as_upload, free_port, value, visible
 from spine_ui.decode import decode_file
 from spine_ui.errors import BundleError, InputError
 from spine_ui.synth.dicom_writer import write_dicom
@@ -27,20 +27,13 @@ from spine_ui.synth.dicom_writer import write_dicom
 gr = pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-LIME_SAMPLES = 16
 #: What the UI shows when a file cannot be decoded.
 UNREADABLE_TITLE = "The file could not be read"
 
 
 # --------------------------------------------------------------------------- helpers
-def value(update):
-    if isinstance(update, dict) and update.get("__type__") == "update":
-        return update.get("value")
-    return update
 
 
-def visible(update):
-    return update.get("visible") if isinstance(update, dict) and update.get("__type__") == "update" else None
 
 
 def drain(gen) -> dict:
@@ -51,19 +44,8 @@ def drain(gen) -> dict:
     return merged
 
 
-def as_upload(ui, src: Path, name: str | None = None) -> Path:
-    """A copy of ``src`` where gradio puts uploads: <gradio cache>/<random folder>/<original name>."""
-    folder = ui.cache_dir / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    dst = folder / (name or src.name)
-    shutil.copyfile(src, dst)
-    return dst
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_words(text: str, words) -> list[str]:
@@ -74,31 +56,6 @@ def missing_words(text: str, words) -> list[str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("bad-inputs"))
-
-
-@pytest.fixture(scope="module")
-def gradio_tmp(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("gradio-cache")
-    mp.setenv("GRADIO_TEMP_DIR", str(d))
-    yield d
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def demo(gradio_tmp, full_bundle_dir):
-    from spine_ui.bundle.store import open_bundle
-    from spine_ui.pipeline import Analyzer
-    from spine_ui.ui.app import build_app
-
-    app = build_app(Analyzer(open_bundle(full_bundle_dir, "onnx")), examples_dir=None, lime_samples=LIME_SAMPLES)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def ui(demo):
-    return demo.spine
 
 
 # --------------------------------------------------------------------------- decoder

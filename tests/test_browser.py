@@ -6,7 +6,6 @@ artifacts/screenshots/.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
-LIME_SAMPLES = 16
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -29,11 +27,7 @@ if not CHROMIUM.exists():
     pytest.skip("system Chromium not found at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from uihelpers import LIME_SAMPLES, free_port  # noqa: E402
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
@@ -56,7 +50,7 @@ def app_url(tmp_path_factory):
 
     ensure_untrained(ROOT / "models" / "untrained")  # reuse (or build once) the bundle the app will open
     tmp = tmp_path_factory.mktemp("app")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                SPINE_MODELS_DIR=str(ROOT / "models"), SPINE_BUNDLE="untrained", SPINE_LIME_SAMPLES=str(LIME_SAMPLES),
                GRADIO_TEMP_DIR=str(tmp / "gradio"), PYTHONUNBUFFERED="1",

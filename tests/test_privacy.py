@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 import warnings
@@ -24,11 +23,11 @@ import pydicom
 import pytest
 
 from spine_ui.synth.dicom_writer import write_dicom
+from uihelpers import LIME_SAMPLES, free_port, value
 
 gr = pytest.importorskip("gradio")
 
 ROOT = Path(__file__).resolve().parents[1]
-LIME_SAMPLES = 16
 IDENTIFIERS = {
     "PatientName": "Zyxwa^Quorbella^Mx",
     "PatientID": "PID-7319-XK",
@@ -93,12 +92,6 @@ def contains_bytes(folder: Path, needle: bytes) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def value(update):
-    if isinstance(update, dict) and update.get("__type__") == "update":
-        return update.get("value")
-    return update
-
-
 def strings(out: dict) -> str:
     """Every text an update dict carries (HTML, JSON finding, file paths), as one string."""
     parts = []
@@ -119,31 +112,6 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(tempfile, "tempdir", str(d))
     monkeypatch.setenv("TMPDIR", str(d))
     return d
-
-
-@pytest.fixture(scope="module")
-def gradio_tmp(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("gradio-cache")
-    mp.setenv("GRADIO_TEMP_DIR", str(d))
-    yield d
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def demo(gradio_tmp, full_bundle_dir):
-    from spine_ui.bundle.store import open_bundle
-    from spine_ui.pipeline import Analyzer
-    from spine_ui.ui.app import build_app
-
-    app = build_app(Analyzer(open_bundle(full_bundle_dir, "onnx")), examples_dir=None, lime_samples=LIME_SAMPLES)
-    yield app
-    app.close()
-
-
-@pytest.fixture(scope="module")
-def ui(demo):
-    return demo.spine
 
 
 @pytest.fixture
@@ -291,7 +259,7 @@ def test_running_app_leaves_no_copy_of_the_upload(demo, tmp_path, gradio_tmp, de
     frequency, age = demo.delete_cache
     assert 0 < frequency <= age <= 3600
     src = patient_dicom(tmp_path, seed=25)
-    port = _free_port()
+    port = free_port()
     debug_logs.clear()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                 **launch_kwargs())
@@ -305,9 +273,3 @@ def test_running_app_leaves_no_copy_of_the_upload(demo, tmp_path, gradio_tmp, de
     finally:
         demo.close()
     assert leaks(debug_logs.text) == []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

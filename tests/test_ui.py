@@ -5,8 +5,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
-import socket
 import uuid
 import warnings
 from pathlib import Path
@@ -15,22 +13,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIME_SAMPLES = 16
 ARCHS = ("densenet121", "tf_efficientnetv2_s", "resnet50")
 
 gr = pytest.importorskip("gradio")
 
+from uihelpers import LIME_SAMPLES, as_upload, free_port, value, visible  # noqa: E402
+
 
 # --------------------------------------------------------------------------- helpers
-def value(update):
-    """The value inside a gr.update(...) dict, or the plain value."""
-    if isinstance(update, dict) and update.get("__type__") == "update":
-        return update.get("value")
-    return update
-
-
-def visible(update) -> bool | None:
-    return update.get("visible") if isinstance(update, dict) and update.get("__type__") == "update" else None
 
 
 def drain(gen, raw: list | None = None) -> tuple[dict, list[dict]]:
@@ -60,31 +50,7 @@ def write_spine_dicom(path: Path, *, seed: int = 1, lesions=("Surgical implant",
         return write_dicom(path, to_stored(img, 12), bits_stored=12, **kwargs)
 
 
-def as_upload(ui, src: Path, name: str | None = None) -> Path:
-    """Place a copy of ``src`` where gradio puts uploads: <cache>/<hash folder>/<original name>."""
-    folder = ui.cache_dir / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    dst = folder / (name or src.name)
-    shutil.copyfile(src, dst)
-    return dst
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def gradio_tmp(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    d = tmp_path_factory.mktemp("gradio-cache")
-    mp.setenv("GRADIO_TEMP_DIR", str(d))
-    yield d
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def demo(gradio_tmp, tmp_path_factory):
     from spine_ui.bundle.resolve import ensure_untrained
@@ -96,11 +62,6 @@ def demo(gradio_tmp, tmp_path_factory):
     app = build_app(Analyzer(bundle), examples_dir=tmp_path_factory.mktemp("examples"), lime_samples=LIME_SAMPLES)
     yield app
     app.close()
-
-
-@pytest.fixture(scope="module")
-def ui(demo):
-    return demo.spine
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import write_phantom_dicom
+from uihelpers import as_upload, value
 from spine_ui.errors import BundleError, InputError
 from spine_ui.pipeline import AnalysisOptions, Analyzer
 from spine_ui.worklist import (COLUMNS, GENERIC_FAILURE, ArchiveLimits, WorklistRow, analyze_batch, expand_inputs,
@@ -299,12 +299,6 @@ def test_exports_carry_file_names_only_never_identifiers(analyzer, tmp_path):
 
 
 # --------------------------------------------------------------------------- web app handlers
-def value(update):
-    if isinstance(update, dict) and update.get("__type__") == "update":
-        return update.get("value")
-    return update
-
-
 def drain(gen) -> tuple[dict, list[dict], list[dict]]:
     """Run a handler like gradio would: read the download files at each yield (the per-request folder is
     removed when the handler ends). Returns the merged outputs, the raw updates and the downloads seen."""
@@ -330,21 +324,13 @@ def wlui(analyzer, tmp_path_factory):
     return WorklistUI(ui)
 
 
-def as_upload(ui, src: Path, name: str | None = None) -> str:
-    folder = ui.cache_dir / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    dst = folder / (name or src.name)
-    shutil.copyfile(src, dst)
-    return str(dst)
-
-
 def test_worklist_upload_fills_sorted_table_and_reviews(wlui, files, tmp_path, monkeypatch):
     import spine_ui.pipeline as pipeline
     from spine_ui.ui.worklist import CSV_NAME, JSON_NAME
 
     z = _zip(tmp_path / "more.zip", {"zipped/third.dcm": files["third"].read_bytes()})
-    uploads = [as_upload(wlui.ui, files[k]) for k in ("text", "plain", "photo", "lesions")]
-    uploads.append(as_upload(wlui.ui, z))
+    uploads = [str(as_upload(wlui.ui, files[k])) for k in ("text", "plain", "photo", "lesions")]
+    uploads.append(str(as_upload(wlui.ui, z)))
     ticks = []
     final, raw, downloads = drain(wlui.on_upload(uploads, False, lambda *a, **k: ticks.append(a[0])))
     assert not any(Path(p).exists() for p in uploads)  # gradio's copies are gone, bytes held in memory only
@@ -411,12 +397,12 @@ def test_worklist_limit_and_stop(wlui, files, monkeypatch):
     from spine_ui.ui.worklist import WorklistUI
 
     small = WorklistUI(wlui.ui, max_studies=2)
-    uploads = [as_upload(wlui.ui, files[k]) for k in ("plain", "lesions", "third")]
+    uploads = [str(as_upload(wlui.ui, files[k])) for k in ("plain", "lesions", "third")]
     final, _, _ = drain(small.on_upload(uploads, False))
     table = value(final["wl_table"])
     assert len(table) == 3 and table[-1][1] == "third.dcm" and "at most 2 studies" in table[-1][5]
 
-    uploads = [as_upload(wlui.ui, files[k]) for k in ("plain", "lesions", "third")]
+    uploads = [str(as_upload(wlui.ui, files[k])) for k in ("plain", "lesions", "third")]
     gen = wlui.on_upload(uploads, False)
     first = next(gen)
     next(gen)  # one study done

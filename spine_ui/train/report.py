@@ -29,6 +29,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path: Path, title: str,
              gate: tuple[str, float] | None = None) -> Path | None:
     """ROC curves of several score sets on the same labels; marks the operating point at the gate."""
@@ -49,10 +56,7 @@ def plot_roc(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path:
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_pr(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path: Path, title: str) -> Path | None:
@@ -68,10 +72,7 @@ def plot_pr(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path: 
     ax.axhline(float(y.mean()), ls="--", c="0.6", lw=1, label=f"prevalence {y.mean():.2f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_ap_bars(per_class: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path | None:
@@ -88,10 +89,7 @@ def plot_ap_bars(per_class: Mapping[str, Mapping[str, float]], path: Path, title
     ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
     ax.set(ylim=(0, 1), ylabel="AP", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- rendering
