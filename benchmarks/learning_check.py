@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--final", choices=("refit", "best_fold"), default="refit")
     p.add_argument("--full", action="store_true", help="also train a tiny YOLO11n detector and export the bundle")
+    p.add_argument("--det-epochs", type=int, default=3, help="detector epochs (with --full)")
+    p.add_argument("--det-imgsz", type=int, default=128, help="detector image size (with --full)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "learning_check")
     p.add_argument("--resume", action="store_true")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         data=data, out=ns.work / "bundle", run_dir=ns.work / f"run-{ns.dataset}", synthetic=synthetic,
         synthetic_height=ns.height, epochs=ns.epochs, imgsz=ns.imgsz, folds=ns.folds, batch=ns.batch,
         workers=ns.workers, device="cpu", stages=stages, resume=ns.resume, verbose=not ns.quiet,
-        det_arch="yolo11n", det_epochs=3, det_imgsz=128, det_batch=8, classifier=clf,
+        det_arch="yolo11n", det_epochs=ns.det_epochs, det_imgsz=ns.det_imgsz, det_batch=8, classifier=clf,
         detector=DetectorTrainConfig(nbs=8, plots=False), report=ReportConfig(bootstrap=1000))
     result = train(args)
     wall = time.perf_counter() - t0
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "config": {"dataset": ns.dataset, "n": ns.n, "lesions": ns.lesions if ns.dataset == "dense" else None,
                    "height": ns.height, "imgsz": ns.imgsz, "epochs": ns.epochs, "folds": ns.folds, "lr": ns.lr,
-                   "batch": ns.batch, "final": ns.final, "full": ns.full, "device": "cpu"},
+                   "batch": ns.batch, "final": ns.final, "full": ns.full, "device": "cpu",
+                   "det_epochs": ns.det_epochs if ns.full else None, "det_imgsz": ns.det_imgsz if ns.full else None},
         "data": m["data"],
         "test_auroc": ens["auroc"],
         "test_auroc_ci95": [ens["auroc_ci"]["low"], ens["auroc_ci"]["high"]] if ens.get("auroc_ci") else None,
