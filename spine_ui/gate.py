@@ -275,11 +275,17 @@ _OOD_KEYS = ("mean", "scale", "components", "location", "precision", "threshold"
 class FeatureOOD:
     """Mahalanobis out-of-distribution test on standardised image features.
 
-    ``fit`` standardises the training features, projects them on k = min(max_components, (N - 1) // 2, D)
-    principal components and estimates a Ledoit-Wolf shrunk covariance there (stable for small N). The
-    distance adds the part of a sample outside that subspace (reconstruction error, scaled so a typical
-    training residual weighs like the k in-subspace dimensions): without it a shift orthogonal to the kept
-    components would go unseen. The threshold is a percentile of the training distances.
+    ``fit`` standardises the training features, projects them on k = min(max_components, (M - 1) // 2, D)
+    principal components (M: the images each fit sees, below) and estimates a Ledoit-Wolf shrunk covariance
+    there (stable for small N). The distance adds the part of a sample outside that subspace (reconstruction
+    error, scaled so a typical training residual weighs like the k in-subspace dimensions): without it a
+    shift orthogonal to the kept components would go unseen.
+
+    The threshold is a percentile of the training images' distances, each measured *out of sample*: the
+    statistics are fitted on K - 1 folds of the training features and the held-out fold is scored (cross-
+    fitting, K = ``folds``). In-sample distances are far smaller than a new image's when N is not much larger
+    than D (the fitted subspace and residual scale are tuned to those very images), and a threshold taken
+    from them would reject unseen radiographs of the training distribution.
     """
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, components: np.ndarray, location: np.ndarray,
@@ -299,11 +305,10 @@ class FeatureOOD:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def fit(cls, features: np.ndarray, percentile: float = 99.0, max_components: int = 64) -> "FeatureOOD":
-        """Fit on N x D training features (N >= 2, all finite)."""
-        from sklearn.covariance import LedoitWolf
-        from sklearn.decomposition import PCA
-
+    def fit(cls, features: np.ndarray, percentile: float = 99.0, max_components: int = 64, folds: int = 5,
+            seed: int = 0) -> "FeatureOOD":
+        """Fit on N x D training features (N >= 2, all finite); threshold from cross-fitted distances
+        (``folds`` < 2, or N < 3: from in-sample distances)."""
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
             raise ValueError(f"need an N x D feature matrix with N >= 2, got shape {x.shape}")
@@ -311,20 +316,41 @@ class FeatureOOD:
             raise ValueError("training features contain NaN or infinity")
         if not 0.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        n = x.shape[0]
+        folds = min(int(folds), n) if n >= 3 else 1
+        parts = np.array_split(np.random.default_rng(seed).permutation(n), folds) if folds >= 2 else []
+        n_fit = n - max((len(p) for p in parts), default=0)
+        # the same k for the fold fits and the final fit, so their distances are on one scale
+        k = int(max(1, min(max_components, (n_fit - 1) // 2, x.shape[1])))
+        ood = cls._fit_statistics(x, k, percentile)
+        if parts:
+            held_out = np.empty(n)
+            for part in parts:
+                rest = np.ones(n, dtype=bool)
+                rest[part] = False
+                held_out[part] = cls._fit_statistics(x[rest], k, percentile).distance(x[part])
+        else:
+            held_out = ood.distance(x)
+        ood.threshold = float(np.percentile(held_out, percentile))
+        return ood
+
+    @classmethod
+    def _fit_statistics(cls, x: np.ndarray, k: int, percentile: float) -> "FeatureOOD":
+        """Standardisation, k principal components, Ledoit-Wolf covariance and residual scale (threshold 0)."""
+        from sklearn.covariance import LedoitWolf
+        from sklearn.decomposition import PCA
+
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0
         z = (x - mean) / scale
-        k = int(max(1, min(max_components, (x.shape[0] - 1) // 2, x.shape[1])))
         pca = PCA(n_components=k, svd_solver="full").fit(z)
         # PCA centres internally; z is already centred, so the projection is z @ components.T.
         proj = z @ pca.components_.T
         lw = LedoitWolf().fit(proj)
         residual = z - proj @ pca.components_
-        ood = cls(mean, scale, pca.components_, lw.location_, lw.precision_, 0.0, percentile, x.shape[0],
-                  float(np.mean(np.sum(residual ** 2, axis=1))))
-        ood.threshold = float(np.percentile(ood.distance(x), percentile))
-        return ood
+        return cls(mean, scale, pca.components_, lw.location_, lw.precision_, 0.0, percentile, x.shape[0],
+                   float(np.mean(np.sum(residual ** 2, axis=1))))
 
     def _validate(self) -> None:
         d = self.mean.shape[0] if self.mean.ndim == 1 else -1

@@ -294,9 +294,31 @@ def test_feature_ood_fit_and_separation(ood: FeatureOOD) -> None:
 
 def test_feature_ood_components_capped() -> None:
     rng = np.random.default_rng(3)
-    assert FeatureOOD.fit(rng.standard_normal((10, 50))).n_components == 4  # (N - 1) // 2: residual stays estimable
+    # (M - 1) // 2 for the M = 8 images each of the 5 cross-fits sees: the residual stays estimable
+    assert FeatureOOD.fit(rng.standard_normal((10, 50))).n_components == 3
+    assert FeatureOOD.fit(rng.standard_normal((10, 50)), folds=1).n_components == 4  # in-sample: M = N
     assert FeatureOOD.fit(rng.standard_normal((300, 100)), max_components=16).n_components == 16
     assert FeatureOOD.fit(np.c_[rng.standard_normal((40, 5)), np.ones(40)]).n_components == 6  # constant col
+
+
+def test_feature_ood_threshold_holds_for_unseen_images_when_features_outnumber_images() -> None:
+    """150 training images, 600 correlated features (a trained bundle's regime: thousands of pooled features):
+    the cross-fitted threshold accepts unseen images of the same distribution at about the stated rate, where
+    a threshold from in-sample distances rejects nearly all of them; a shifted distribution is still refused."""
+    rng = np.random.default_rng(12)
+    mixing = rng.standard_normal((20, 600))
+
+    def sample(n: int) -> np.ndarray:
+        return rng.standard_normal((n, 20)) @ mixing + rng.standard_normal((n, 600))
+
+    train, unseen = sample(150), sample(400)
+    ood = FeatureOOD.fit(train, percentile=99.0)
+    assert np.mean(ood.distance(unseen) <= ood.threshold) >= 0.95
+    assert np.mean(ood.distance(train) <= ood.threshold) >= 0.99
+    in_sample = FeatureOOD.fit(train, percentile=99.0, folds=1)
+    assert np.mean(in_sample.distance(unseen) <= in_sample.threshold) < 0.2
+    shifted = unseen + 3.0 * rng.standard_normal(600)
+    assert np.all(ood.distance(shifted) > ood.threshold)
 
 
 def test_feature_ood_sees_shifts_outside_the_kept_subspace() -> None:
