@@ -174,6 +174,27 @@ def test_fit_resumes_from_last_checkpoint(tmp_path, monkeypatch):
     assert probs.shape == (6, 2) and np.all((probs > 0) & (probs < 1))
 
 
+@pytest.mark.gpu
+def test_fit_on_cuda_with_amp(tmp_path):
+    import torch
+
+    from spine_ui.train import classifier as C
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    paths, labels = _png_set(tmp_path)
+    cfg = ClassifierTrainConfig(archs=("resnet18",), input_size=32, batch=(("resnet18", 4),), workers=0,
+                                eval_batch=8)
+    dev = torch.device("cuda")
+    res = C.fit("resnet18", paths[:4], labels[:4], tmp_path / "unit", cfg, dev, val_paths=paths[4:],
+                val_labels=labels[4:], epochs=2)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    probs = C.predict(C.load_model("resnet18", tmp_path / "unit" / "best.pt"), paths, 32, ("identity",), dev,
+                      amp=True)
+    assert probs.shape == (6, 1) and np.all((probs > 0) & (probs < 1))
+
+
 def test_pretrained_falls_back_to_scratch(monkeypatch):
     from spine_ui.train import classifier as C
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spine_ui.bundle.store import open_bundle
+from spine_ui.bundle.runtime import RuntimeInfo
+from spine_ui.bundle.store import Bundle, open_bundle
 from spine_ui.explain.gradcam import exact_gradcam, explain_gradcam, fused_map, torch_gradcam
 from spine_ui.explain.lime_explainer import explain_lime
 from spine_ui.preprocess import enhance
@@ -59,10 +60,26 @@ def test_triage_result_matches_manifest(small_bundle_dir, enhanced):
 def test_onnx_and_torch_cpu_agree(bundle_fixture, request, enhanced):
     path = request.getfixturevalue(bundle_fixture)
     onnx_r = run_triage(enhanced, open_bundle(path, "onnx"))
-    torch_r = run_triage(enhanced, open_bundle(path, "torch"))
+    torch_r = run_triage(enhanced, Bundle(path, RuntimeInfo("torch", "cpu", 0)))  # CPU even where CUDA is
     assert abs(onnx_r.probability - torch_r.probability) < 1e-4
     for a, b in zip(onnx_r.models, torch_r.models):
         np.testing.assert_allclose(a.view_probabilities, b.view_probabilities, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_agrees_with_onnx(full_bundle_dir, enhanced):
+    """Where CUDA is present the app picks GPU torch; it must give the CPU ONNX answer (TF32 convolutions on
+    CUDA allow a looser tolerance than the CPU parity above)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gpu = open_bundle(full_bundle_dir, "auto")
+    assert (gpu.runtime.kind, gpu.runtime.device) == ("torch", "cuda")
+    onnx_r = run_triage(enhanced, open_bundle(full_bundle_dir, "onnx"))
+    gpu_r = run_triage(enhanced, gpu)
+    assert abs(onnx_r.probability - gpu_r.probability) < 2e-3
+    for a, b in zip(onnx_r.models, gpu_r.models):
+        np.testing.assert_allclose(a.view_probabilities, b.view_probabilities, atol=5e-3)
 
 
 def test_exact_cam_equals_pytorch_grad_cam(small_bundle_dir, enhanced):
