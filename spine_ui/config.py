@@ -120,6 +120,7 @@ class RuntimeConfig:
     threads: int = 0  # 0: all cores
     models_dir: Path = Path("models")
     bundle_name: str = "untrained"
+    malloc_arenas: int = 2  # the server caps glibc malloc arenas (0: glibc default); see _env.limit_malloc_arenas
 
     @classmethod
     def from_env(cls) -> "RuntimeConfig":
@@ -128,6 +129,7 @@ class RuntimeConfig:
             threads=int(os.environ.get("SPINE_THREADS", "0")),
             models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
             bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),
+            malloc_arenas=int(os.environ.get("SPINE_MALLOC_ARENAS", "2")),
         )
 
 

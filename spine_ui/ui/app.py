@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import numpy as np
 
+from .._env import limit_malloc_arenas
+from ..config import RuntimeConfig
 from ..errors import BundleError, InputError
 from ..pipeline import Analysis, AnalysisOptions, Analyzer
 from ..report import DISCLAIMER
@@ -700,6 +702,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = E
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
+    limit_malloc_arenas(RuntimeConfig.from_env().malloc_arenas)  # before the worker threads exist
     try:
         demo = build_app()
     except BundleError as exc:  # missing / tampered bundle: a clear line, not a traceback
