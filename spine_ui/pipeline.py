@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +22,7 @@ from .explain.gradcam import CamResult, explain_gradcam
 from .explain.lime_explainer import LimeResult, explain_lime
 from .gate import GateResult, LayerResult, check_features, run_gate
 from .preprocess import enhance
+from .lru import LRU
 from .report import DISCLAIMER, UNTRAINED_WARNING
 from .triage import TriageResult, run_triage
 
@@ -106,8 +106,7 @@ class Analyzer:
         self.gate_cfg = gate_cfg
         self.decode_cfg = decode_cfg
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, Analysis] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LRU[str, Analysis] = LRU(cache_size)
 
     # --- stages -------------------------------------------------------------------------------------------
     def load(self, source: str | Path | bytes, filename: str = "") -> Analysis:
@@ -116,10 +115,9 @@ class Analyzer:
         if isinstance(source, (str, Path)) and not filename:
             filename = Path(source).name
         key = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         a = Analysis(key=key, bundle=self.bundle)
         with _timer(a, "decode"):
             a.study = decode_bytes(data, filename, self.decode_cfg)
@@ -128,10 +126,7 @@ class Analyzer:
         with _timer(a, "gate"):
             a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
         a.study = a.study.without_pixels()  # later stages use the working image; cached analyses stay small
-        with self._lock:
-            self._cache[key] = a
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, a)
         return a
 
     def triage(self, a: Analysis, tta: bool = True) -> Analysis:

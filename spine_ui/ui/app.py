@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
 import os
 import shutil
 import tempfile
@@ -33,6 +31,7 @@ import numpy as np
 from .._env import limit_malloc_arenas
 from ..config import RuntimeConfig
 from ..errors import BundleError, InputError
+from ..lru import LRU
 from ..pipeline import Analysis, AnalysisOptions, Analyzer
 from ..report import DISCLAIMER
 from . import render as R
@@ -86,33 +85,15 @@ class RecentStudies:
     Grad-CAM map) find the study without the server keeping one copy per browser session."""
 
     def __init__(self, size: int, max_bytes: int | None = None) -> None:
-        self.size = max(1, size)
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._items: LRU[str, bytes] = LRU(size, max_bytes, len)
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            if key not in self._items:
-                self._bytes += len(data)
-            self._items[key] = data
-            self._items.move_to_end(key)
-            while len(self._items) > self.size or (
-                    self.max_bytes is not None and self._bytes > self.max_bytes and len(self._items) > 1):
-                _, old = self._items.popitem(last=False)
-                self._bytes -= len(old)
+        self._items.put(key, data)
         return key
 
     def get(self, key: str | None) -> bytes | None:
-        if not key:
-            return None
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
+        return self._items.get(key or None)
 
 
 class SpineUI:

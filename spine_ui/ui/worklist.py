@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,6 +25,7 @@ from typing import Any, Iterable, Iterator
 import gradio as gr
 
 from ..errors import InputError
+from ..lru import LRU
 from ..pipeline import AnalysisOptions
 from ..worklist import (ArchiveLimits, Item, WorklistRow, analyze_batch, expand_upload, safe_name, sort_key,
                         summary_counts, to_csv, to_json, with_review)
@@ -97,26 +97,15 @@ class WorklistStore:
     """The open worklists, bounded (LRU): only file names, verdicts, numbers and review marks, no pixels."""
 
     def __init__(self, size: int = MAX_WORKLISTS) -> None:
-        self.size = max(1, size)
-        self._items: OrderedDict[str, Worklist] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[str, Worklist] = LRU(size)
 
     def create(self, total: int) -> Worklist:
         wl = Worklist(uuid.uuid4().hex, total)
-        with self._lock:
-            self._items[wl.id] = wl
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+        self._items.put(wl.id, wl)
         return wl
 
     def get(self, wl_id: str | None) -> Worklist | None:
-        if not wl_id:
-            return None
-        with self._lock:
-            wl = self._items.get(wl_id)
-            if wl is not None:
-                self._items.move_to_end(wl_id)
-            return wl
+        return self._items.get(wl_id or None)
 
 
 class WorklistUI:
