@@ -16,7 +16,7 @@ os.environ.setdefault("SPINE_CACHE_DIR", str(ROOT / ".cache" / "spine_ui"))
 import spine_ui  # noqa: E402  (applies the offline environment first)
 
 BUILDER_SOURCES = ["spine_ui/bundle/untrained.py", "spine_ui/bundle/export.py", "spine_ui/bundle/architectures.py",
-                   "spine_ui/bundle/manifest.py", "spine_ui/config.py", "spine_ui/preprocess.py",
+                   "spine_ui/bundle/manifest.py", "spine_ui/config.py", "spine_ui/core/preprocess.py",
                    "spine_ui/synth/phantom.py"]
 
 
@@ -82,7 +82,7 @@ def demo(gradio_tmp, full_bundle_dir):
     from uihelpers import LIME_SAMPLES
 
     from spine_ui.bundle.store import open_bundle
-    from spine_ui.pipeline import Analyzer
+    from spine_ui.core.pipeline import Analyzer
     from spine_ui.ui.app import build_app
 
     app = build_app(Analyzer(open_bundle(full_bundle_dir, "onnx")), examples_dir=None, lime_samples=LIME_SAMPLES)

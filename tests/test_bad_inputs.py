@@ -20,7 +20,7 @@ import pytest
 
 from badinputs import UNICODE_NAME, failing, make_corpus, readable, spine_pixels
 from uihelpers import LIME_SAMPLES, as_upload, free_port, value, visible
-from spine_ui.decode import decode_file
+from spine_ui.core.decode import decode_file
 from spine_ui.errors import BundleError, InputError
 from spine_ui.synth.dicom_writer import write_dicom
 

@@ -41,7 +41,7 @@ def _wait_text(pg, selector: str, text: str, timeout: float = 60_000) -> None:
 
 
 def test_worklist_upload_open_review_download(page, abnormal_dicom, plain_dicom, colour_photo):
-    from spine_ui.worklist import read_reviews
+    from spine_ui.services.batch import read_reviews
 
     page.get_by_role("tab", name="Worklist").click()
     page.locator("#sx-wl-upload input[type=file]").set_input_files(

@@ -17,8 +17,8 @@ from spine_ui.bundle.manifest import Manifest, read_manifest
 from spine_ui.bundle.runtime import choose_runtime
 from spine_ui.bundle.store import Bundle, forget_bundles, open_bundle
 from spine_ui.errors import BundleError, BundleIntegrityError, HubUnavailableError
-from spine_ui.preprocess import enhance
-from spine_ui.triage import run_triage
+from spine_ui.core.preprocess import enhance
+from spine_ui.core.triage import run_triage
 
 
 def _copy(src: Path, dst: Path) -> Path:

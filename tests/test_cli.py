@@ -30,9 +30,12 @@ def test_analyze_dicom_json(full_bundle_dir, phantom_dicom, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert attempts == []
     f = json.loads(proc.stdout)
-    for key in ("accepted", "reason", "probability", "gate", "abnormal", "models", "lesions", "bundle", "runtime",
-                "timings_ms"):
-        assert key in f
+    # the CLI JSON is pinned key for key (Finding.to_dict); new keys are added here on purpose, never by accident
+    assert list(f) == ["accepted", "reason", "verdict", "probability", "gate", "abnormal", "models", "lesions",
+                       "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime", "timings_ms",
+                       "disclaimer", "warning"]
+    assert list(f["image"]) == ["width", "height", "source", "photometric", "bits_stored", "transfer_syntax",
+                                "processing"]
     assert f["accepted"] is True and f["reason"] is None
     assert f["gate"] == 0.478
     assert set(f["models"]) == {"densenet121", "tf_efficientnetv2_s", "resnet50"}

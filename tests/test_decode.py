@@ -1,4 +1,4 @@
-"""spine_ui.decode: every decode path and every refusal, on pydicom's bundled files and written files."""
+"""spine_ui.core.decode: every decode path and every refusal, on pydicom's bundled files and written files."""
 from __future__ import annotations
 
 import io
@@ -14,8 +14,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000MCLossless
 
 from spine_ui.config import DecodeConfig
-from spine_ui.decode import Study, StudyMeta, decode_bytes, decode_file, sniff
-from spine_ui.decode.sniff import clean_text
+from spine_ui.core.decode import Study, StudyMeta, decode_bytes, decode_file, sniff
+from spine_ui.core.decode.sniff import clean_text
 from spine_ui.errors import (
     ColorImageError,
     CorruptFileError,

@@ -28,7 +28,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, AllTransferSyntaxes
 
 from spine_ui.config import DecodeConfig
-from spine_ui.decode import decode_bytes
+from spine_ui.core.decode import decode_bytes
 from spine_ui.errors import InputError
 from spine_ui.synth.dicom_writer import write_dicom
 
@@ -353,7 +353,7 @@ def test_dicom_declaring_another_transfer_syntax(uid: str, syntax: str) -> None:
 
 def test_property_catches_a_leak(monkeypatch) -> None:
     """The property really fails when a non-InputError escapes (guards against a vacuous fuzz test)."""
-    import spine_ui.decode as decode_mod
+    import spine_ui.core.decode as decode_mod
 
     def leak(*_a, **_k):
         raise struct.error("leaked")

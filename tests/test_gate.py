@@ -12,9 +12,9 @@ from pydicom.data import get_testdata_file
 from skimage.color import rgb2gray
 
 from spine_ui.config import GateConfig
-from spine_ui.decode.study import StudyMeta
+from spine_ui.core.decode.study import StudyMeta
 from spine_ui.errors import BundleError
-from spine_ui.gate import (
+from spine_ui.core.gate import (
     FeatureOOD,
     GateResult,
     LayerResult,
@@ -343,7 +343,7 @@ def test_feature_ood_check_messages(ood: FeatureOOD) -> None:
     assert near.status == "passed"
     assert check_features(np.full(32, np.nan), ood).status == "rejected"
     with pytest.raises(ValueError):
-        ood.check(np.zeros((2, 32)))
+        check_features(np.zeros((2, 32)), ood)
     with pytest.raises(ValueError):
         ood.distance(np.zeros((1, 31)))
 

@@ -12,7 +12,7 @@ from spine_ui.bundle.manifest import read_manifest, write_manifest
 from spine_ui.bundle.store import Bundle, open_bundle
 from spine_ui.bundle.runtime import choose_runtime
 from spine_ui.errors import InputError
-from spine_ui.pipeline import AnalysisOptions, Analyzer
+from spine_ui.core.pipeline import AnalysisOptions, Analyzer
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +37,13 @@ def test_stages_stream_in_order_and_cache(analyzer, phantom_dicom):
 def test_detection_policy(small_bundle_dir, full_bundle_dir, phantom_dicom):
     an = Analyzer(open_bundle(full_bundle_dir, "onnx"))
     a = an.analyze(phantom_dicom, options=AnalysisOptions(detect="never", gradcam=False))
-    assert a.lesions is None and a.finding()["detector_ran"] is False
+    assert a.lesions is None and a.finding().detector_ran is False
     an.detect(a, "auto")
     assert (a.lesions is not None) == a.abnormal
     an.detect(a, "always")
     assert a.lesions is not None  # untrained YOLO: usually no box above conf 0.25, but it ran
     assert all(len(les.box) == 4 for les in a.lesions)
-    assert "detect" in a.finding()["timings_ms"]
+    assert "detect" in a.finding().timings_ms
 
 
 def test_rejected_input_stops_after_gate(analyzer, tmp_path):
@@ -53,7 +53,7 @@ def test_rejected_input_stops_after_gate(analyzer, tmp_path):
     Image.fromarray(data.chelsea()).save(p)
     stages = [name for name, _ in analyzer.stages(p)]
     assert stages == ["gate"]
-    f = analyzer.load(p).finding()
+    f = analyzer.load(p).finding().to_dict()
     assert f["accepted"] is False and f["verdict"] == "rejected" and f["probability"] is None
     json.dumps(f)
 
@@ -67,10 +67,10 @@ def test_feature_space_layer_with_bundle_statistics(small_bundle_dir, tmp_path):
     """With OOD statistics in the bundle, spine phantoms pass and a non-spine grayscale image is rejected."""
     from skimage import data
 
-    from spine_ui.gate import FeatureOOD
-    from spine_ui.preprocess import enhance
+    from spine_ui.core.ood import FeatureOOD
+    from spine_ui.core.preprocess import enhance
     from spine_ui.synth.phantom import render_spine
-    from spine_ui.triage import run_triage
+    from spine_ui.core.triage import run_triage
 
     b = tmp_path / "with-ood"
     shutil.copytree(small_bundle_dir, b)
@@ -97,4 +97,4 @@ def test_feature_space_layer_with_bundle_statistics(small_bundle_dir, tmp_path):
     bad = an.analyze(camera)
     assert [l.status for l in bad.gate.layers] == ["skipped", "passed", "rejected"]
     assert not bad.accepted and "far from the training radiographs" in bad.gate.reason
-    assert bad.finding()["probability"] is None
+    assert bad.finding().probability is None

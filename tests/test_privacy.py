@@ -129,7 +129,7 @@ def test_full_analysis_keeps_no_identifiers_or_temp_files(full_bundle_dir, tmp_p
     written, and nothing left in the temporary directory."""
     from spine_ui.bundle.store import open_bundle
     from spine_ui.cli import _write_outputs
-    from spine_ui.pipeline import AnalysisOptions, Analyzer
+    from spine_ui.core.pipeline import AnalysisOptions, Analyzer
 
     src = patient_dicom(tmp_path)
     ds = pydicom.dcmread(src)
@@ -144,7 +144,7 @@ def test_full_analysis_keeps_no_identifiers_or_temp_files(full_bundle_dir, tmp_p
         out = tmp_path / "out"
         _write_outputs(a, out)
     assert a.accepted and a.lesions is not None and a.cam is not None and a.lime is not None
-    finding = a.finding()
+    finding = a.finding().to_dict()
     text = "\n".join([debug_logs.text, *(str(w.message) for w in caught), json.dumps(finding, default=str),
                       repr(a.study.meta), *capsys.readouterr()])
     assert leaks(text) == []

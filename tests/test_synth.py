@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from spine_ui.config import LESION_CLASSES
-from spine_ui.decode import decode_file
+from spine_ui.core.decode import decode_file
 from spine_ui.synth.dataset import CSV_COLUMNS, NO_FINDING, make_dataset
 from spine_ui.synth.dicom_writer import write_dicom
 from spine_ui.synth.phantom import render_spine, to_stored

@@ -119,7 +119,7 @@ def _png_set(tmp_path: Path, n: int = 6, size=(80, 60)) -> tuple[list[Path], np.
 def test_dataset_uses_the_serving_preprocessing(tmp_path):
     import torch
 
-    from spine_ui.preprocess import to_model_input
+    from spine_ui.core.preprocess import to_model_input
     from spine_ui.train.classifier import CachedImages, augment
 
     paths, labels = _png_set(tmp_path, 2)
@@ -311,7 +311,7 @@ def test_tiny_bundle_serves_through_the_cli(tiny_run):
     from spine_ui.bundle.runtime import choose_runtime
     from spine_ui.bundle.store import Bundle
     from spine_ui.train.classifier import read_enhanced
-    from spine_ui.triage import run_triage
+    from spine_ui.core.triage import run_triage
 
     args, result, _ = tiny_run
     bundle = Bundle(args.out, choose_runtime("onnx"))

@@ -6,11 +6,11 @@ import pytest
 
 from spine_ui.bundle.runtime import RuntimeInfo
 from spine_ui.bundle.store import Bundle, open_bundle
-from spine_ui.explain.gradcam import exact_gradcam, explain_gradcam, fused_map, torch_gradcam
-from spine_ui.explain.lime_explainer import explain_lime
-from spine_ui.preprocess import enhance
+from spine_ui.core.explain.gradcam import exact_gradcam, explain_gradcam, fused_map, torch_gradcam
+from spine_ui.core.explain.lime_explainer import explain_lime
+from spine_ui.core.preprocess import enhance
 from spine_ui.synth.phantom import render_spine
-from spine_ui.triage import ModelOutput, TriageResult, run_triage, tta_batch, weighted_vote
+from spine_ui.core.triage import ModelOutput, TriageResult, run_triage, tta_batch, weighted_vote
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_lime_is_deterministic_with_a_seed(small_bundle_dir, enhanced):
 def test_onnx_accepts_other_sizes_like_torch(small_bundle_dir, enhanced):
     """LIME scores at ExplainConfig.lime_size, not the serving size: every exported classifier (tf_ included)
     must take other spatial sizes and agree with eager torch there."""
-    from spine_ui.preprocess import to_model_input
+    from spine_ui.core.preprocess import to_model_input
 
     onnx_b, torch_b = open_bundle(small_bundle_dir, "onnx"), open_bundle(small_bundle_dir, "torch")
     for size in (onnx_b.manifest.explain.lime_size, 130):

@@ -55,7 +55,7 @@ def write_spine_dicom(path: Path, *, seed: int = 1, lesions=("Surgical implant",
 def demo(gradio_tmp, tmp_path_factory):
     from spine_ui.bundle.resolve import ensure_untrained
     from spine_ui.bundle.store import open_bundle
-    from spine_ui.pipeline import Analyzer
+    from spine_ui.core.pipeline import Analyzer
     from spine_ui.ui.app import build_app
 
     bundle = open_bundle(ensure_untrained(ROOT / "models" / "untrained"))
@@ -100,7 +100,7 @@ def test_build_app_endpoints_and_furniture(demo, ui):
 
 
 def test_examples_are_generated(tmp_path):
-    from spine_ui.decode import decode_bytes
+    from spine_ui.core.decode import decode_bytes
     from spine_ui.ui.examples import ensure_examples
 
     paths = ensure_examples(tmp_path / "ex")
@@ -176,8 +176,8 @@ def test_dicom_full_path_streams_and_protects_identity(ui, patient_dicom):
 
 def test_normal_study_offers_explain_anyway(ui, monkeypatch):
     """Below the gate: verdict only, an 'Explain anyway' button, which then runs Grad-CAM (LIME chained)."""
-    import spine_ui.triage as triage_mod
-    from spine_ui.pipeline import Analyzer
+    import spine_ui.core.triage as triage_mod
+    from spine_ui.core.pipeline import Analyzer
 
     src = write_spine_dicom(ui.cache_dir / "normal-src.dcm", seed=5, lesions=(), body_part="SPINE")
     data = src.read_bytes()
@@ -187,7 +187,7 @@ def test_normal_study_offers_explain_anyway(ui, monkeypatch):
     def low(a: Analyzer, tta=True):  # force a probability below the gate, whatever the random weights say
         with a.lock:
             if a.triage is None and a.accepted:
-                from spine_ui.triage import run_triage
+                from spine_ui.core.triage import run_triage
 
                 t = run_triage(a.enhanced, ui.analyzer.bundle, tta=False)
                 a.triage = real(0.2, t.gate, t.models, t.feature_maps, t.placements)

@@ -23,8 +23,8 @@ import pytest
 from conftest import write_phantom_dicom
 from uihelpers import as_upload, value
 from spine_ui.errors import BundleError, InputError
-from spine_ui.pipeline import AnalysisOptions, Analyzer
-from spine_ui.worklist import (COLUMNS, GENERIC_FAILURE, ArchiveLimits, WorklistRow, analyze_batch, expand_inputs,
+from spine_ui.core.pipeline import AnalysisOptions, Analyzer
+from spine_ui.services.batch import (COLUMNS, GENERIC_FAILURE, ArchiveLimits, WorklistRow, analyze_batch, expand_inputs,
                                expand_upload, read_reviews, read_source, row_from_finding, safe_name, sort_rows,
                                to_csv, to_json, with_review)
 
@@ -140,7 +140,7 @@ def test_unexpected_failure_is_a_generic_row_and_the_batch_goes_on(analyzer, fil
 
 
 def test_repeated_studies_come_from_the_cache(analyzer, files, monkeypatch):
-    import spine_ui.pipeline as pipeline
+    import spine_ui.core.pipeline as pipeline
 
     first = list(analyze_batch(analyzer, [("plain.dcm", files["plain"]), ("lesions.dcm", files["lesions"])], FAST))
     calls = []
@@ -152,17 +152,25 @@ def test_repeated_studies_come_from_the_cache(analyzer, files, monkeypatch):
 
 
 def test_row_from_finding_lesion_types_and_detector_state():
-    finding = {"accepted": True, "verdict": "abnormal", "probability": 0.81, "gate": 0.478, "detector_ran": True,
-               "reason": None,
-               "lesions": [{"label": "Spondylolysthesis", "name": "Spondylolisthesis", "confidence": 0.9},
-                           {"label": "Osteophytes", "name": "Osteophytes", "confidence": 0.7},
-                           {"label": "Spondylolysthesis", "name": "Spondylolisthesis", "confidence": 0.4}]}
-    row = row_from_finding("C:\\scans\\Study 1.dcm", finding, "k")
+    from dataclasses import replace
+
+    from spine_ui.core.detect import Lesion
+    from spine_ui.core.finding import BundleInfo, Finding
+
+    def les(label, name, conf):
+        return Lesion(label, name, 0, conf, (0.0, 0.0, 1.0, 1.0))
+
+    finding = Finding(accepted=True, reason=None, verdict="abnormal", probability=0.81, gate=0.478, abnormal=True,
+                      bundle=BundleInfo("b", "1", False), runtime="onnx", detector_ran=True, key="k",
+                      lesions=(les("Spondylolysthesis", "Spondylolisthesis", 0.9), les("Osteophytes", "Osteophytes", 0.7),
+                               les("Spondylolysthesis", "Spondylolisthesis", 0.4)))
+    row = row_from_finding("C:\\scans\\Study 1.dcm", finding)
     assert row.study == "Study 1.dcm" and row.lesion_count == 3 and row.key == "k"
     assert row.lesion_types == ("Spondylolisthesis", "Osteophytes")  # display names, most confident first
-    below = dict(finding, verdict="normal", probability=0.2, detector_ran=False, lesions=[])
+    below = replace(finding, verdict="normal", probability=0.2, detector_ran=False, lesions=())
     assert row_from_finding("n.dcm", below).lesion_count is None  # detector not run, not "0 lesions"
-    rejected = row_from_finding("r.png", {"accepted": False, "reason": "colour photograph", "gate": 0.478})
+    rejected = replace(finding, accepted=False, verdict="rejected", reason="colour photograph", probability=None)
+    rejected = row_from_finding("r.png", rejected)
     assert rejected.verdict == "rejected" and rejected.reason == "colour photograph"
     assert safe_name("a/b\\c\x00d\u202e.png") == "cd.png" and safe_name("") == "unnamed"
     assert len(safe_name("x" * 500 + ".dcm")) <= 160 and safe_name("x" * 500 + ".dcm").endswith(".dcm")
@@ -325,7 +333,7 @@ def wlui(analyzer, tmp_path_factory):
 
 
 def test_worklist_upload_fills_sorted_table_and_reviews(wlui, files, tmp_path, monkeypatch):
-    import spine_ui.pipeline as pipeline
+    import spine_ui.core.pipeline as pipeline
     from spine_ui.ui.worklist import CSV_NAME, JSON_NAME
 
     z = _zip(tmp_path / "more.zip", {"zipped/third.dcm": files["third"].read_bytes()})

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._env import restore_threads
-from .architectures import ClassifierWithFeatures, head_parameters
-from ..config import ClassifierSpec
-from .manifest import ClassifierEntry, DetectorEntry, Manifest, write_manifest
+from spine_ui._env import restore_threads
+from spine_ui.bundle.architectures import ClassifierWithFeatures, head_parameters
+from spine_ui.config import ClassifierSpec
+from spine_ui.bundle.manifest import ClassifierEntry, DetectorEntry, Manifest, write_manifest
 
 ONNX_OPSET = 17
 

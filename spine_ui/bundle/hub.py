@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import HubUnavailableError
-from .manifest import MANIFEST
+from spine_ui.errors import HubUnavailableError
+from spine_ui.bundle.manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 PATTERNS = ["manifest.json", "*.onnx", "*.pt", "*.npz", "*.yaml"]

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
-from ..config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig
-from ..errors import BundleError
-from .architectures import build_classifier
-from .export import assemble
-from .manifest import Manifest
+from spine_ui import __version__
+from spine_ui.config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig
+from spine_ui.errors import BundleError
+from spine_ui.bundle.architectures import build_classifier
+from spine_ui.bundle.export import assemble
+from spine_ui.bundle.manifest import Manifest
 
 SAFE_DATA_GLOBALS = {"ultralytics.utils.IterableSimpleNamespace", "types.SimpleNamespace",
                      "pathlib.PosixPath", "pathlib.WindowsPath", "datetime.datetime"}
@@ -99,7 +99,7 @@ def import_checkpoints(out_dir: Path, classifiers: dict[str, Path], sizes: dict[
                        trained: bool = True, weights: dict[str, float] | None = None,
                        gate: float | None = None, metrics: dict | None = None) -> Path:
     """Export the given checkpoints into a bundle at ``out_dir`` (ONNX + state dicts + manifest)."""
-    from ..config import TriageConfig
+    from spine_ui.config import TriageConfig
 
     sizes, weights = sizes or {}, weights or {}
     specs = []

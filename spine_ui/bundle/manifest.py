@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (DetectorConfig, ExplainConfig, PreprocessConfig, TriageConfig, from_dict, to_dict)
-from ..errors import BundleError, BundleIntegrityError
+from spine_ui.config import (DetectorConfig, ExplainConfig, PreprocessConfig, TriageConfig, from_dict, to_dict)
+from spine_ui.errors import BundleError, BundleIntegrityError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -8,10 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..config import RuntimeConfig
-from ..errors import BundleError, HubUnavailableError
-from .manifest import MANIFEST
-from .store import Bundle, open_bundle
+from spine_ui.config import RuntimeConfig
+from spine_ui.errors import BundleError, HubUnavailableError
+from spine_ui.bundle.manifest import MANIFEST
+from spine_ui.bundle.store import Bundle, open_bundle
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def ensure_untrained(path: Path, force: bool = False, **kwargs) -> Path:
     """Create the untrained bundle at ``path`` atomically (built in a sibling temp dir, then renamed), so no
     reader ever sees a half-written bundle. An existing bundle is kept unless ``force``."""
-    from .untrained import init_untrained
+    from spine_ui.bundle.untrained import init_untrained
 
     path = Path(path)
     if (path / MANIFEST).is_file() and not force:
@@ -48,7 +48,7 @@ def locate(cfg: RuntimeConfig, create_untrained: bool = True) -> Path:
     repo = os.environ.get("SPINE_BUNDLE_REPO")
     if repo:
         try:
-            from .hub import download_bundle
+            from spine_ui.bundle.hub import download_bundle
 
             return download_bundle(repo, path)
         except HubUnavailableError as exc:

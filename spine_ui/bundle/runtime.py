@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import BundleError
+from spine_ui.errors import BundleError
 
 
 class ClassifierRunner(Protocol):
@@ -108,7 +108,7 @@ class TorchClassifier:
     def __init__(self, arch: str, weights: Path, device: str) -> None:
         import torch
 
-        from .architectures import ClassifierWithFeatures, build_classifier
+        from spine_ui.bundle.architectures import ClassifierWithFeatures, build_classifier
 
         model = build_classifier(arch)
         model.load_state_dict(load_state_dict(weights))
@@ -128,7 +128,7 @@ class TorchDetector:
     def __init__(self, model_yaml: dict, names: tuple[str, ...], weights: Path, device: str) -> None:
         import torch
 
-        from .architectures import build_detector
+        from spine_ui.bundle.architectures import build_detector
 
         model = build_detector(model_yaml, names)
         model.load_state_dict(load_state_dict(weights))

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
-from .manifest import ClassifierEntry, Manifest, read_manifest, verify
-from .runtime import (ClassifierRunner, DetectorRunner, Lazy, OnnxClassifier, OnnxDetector, RuntimeInfo,
+from spine_ui.errors import BundleError
+from spine_ui.bundle.manifest import ClassifierEntry, Manifest, read_manifest, verify
+from spine_ui.bundle.runtime import (ClassifierRunner, DetectorRunner, Lazy, OnnxClassifier, OnnxDetector, RuntimeInfo,
                       TorchClassifier, TorchDetector, choose_runtime)
 
 
@@ -98,7 +98,7 @@ class Bundle:
             return OnnxDetector(self._file(det.onnx), self.runtime.threads)
         import yaml
 
-        from .._env import restore_threads
+        from spine_ui._env import restore_threads
 
         cfg = yaml.safe_load(self._file(det.yaml).read_text())
         runner = TorchDetector(cfg, self.manifest.detector_config.classes, self._file(det.torch),
@@ -107,7 +107,7 @@ class Bundle:
         return runner
 
     def _make_ood(self):
-        from ..gate import FeatureOOD
+        from spine_ui.core.ood import FeatureOOD
 
         return FeatureOOD.load(self._file(self.manifest.ood["file"]))
 

@@ -12,18 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig, PreprocessConfig
-from ..preprocess import enhance, to_model_input
-from .architectures import build_classifier, build_detector, detector_yaml
-from .export import assemble
-from .manifest import Manifest
+from spine_ui import __version__
+from spine_ui.config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig, PreprocessConfig
+from spine_ui.core.preprocess import enhance, to_model_input
+from spine_ui.bundle.architectures import build_classifier, build_detector, detector_yaml
+from spine_ui.bundle.export import assemble
+from spine_ui.bundle.manifest import Manifest
 
 
 def calibration_images(n: int, seed: int) -> list[np.ndarray]:
     """Enhanced (CLAHE) uint8 phantoms, half of them with lesions."""
-    from ..config import LESION_CLASSES
-    from ..synth.phantom import render_spine
+    from spine_ui.config import LESION_CLASSES
+    from spine_ui.synth.phantom import render_spine
 
     rng = np.random.default_rng(seed)
     out = []

@@ -1,6 +1,6 @@
 """Synthetic test data: DICOM writer and phantom radiographs."""
 
-from .dataset import DatasetSummary, make_dataset
-from .phantom import render_spine, to_stored
+from spine_ui.synth.dataset import DatasetSummary, make_dataset
+from spine_ui.synth.phantom import render_spine, to_stored
 
 __all__ = ["DatasetSummary", "make_dataset", "render_spine", "to_stored"]

@@ -25,9 +25,9 @@ import numpy as np
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from ..config import LESION_CLASSES
-from .dicom_writer import write_dicom
-from .phantom import render_spine, to_stored
+from spine_ui.config import LESION_CLASSES
+from spine_ui.synth.dicom_writer import write_dicom
+from spine_ui.synth.phantom import render_spine, to_stored
 
 CSV_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "image_id", "rad_id", "lesion_type",
                                 "xmin", "ymin", "xmax", "ymax")

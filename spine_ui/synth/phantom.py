@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from ..config import LESION_CLASSES
+from spine_ui.config import LESION_CLASSES
 
 Box = tuple[float, float, float, float]
 VIEWS: tuple[str, ...] = ("AP", "lateral")

@@ -1,8 +1,8 @@
 """Training and scoring of one DERNet member (timm backbone, one logit).
 
 The dataset reads the cached enhanced PNGs (``spine_ui.train.vindr.build_cache``: the server's
-``enhance()`` output), augments that working image, then applies ``spine_ui.preprocess.to_model_input``
-(resize + normalise), the function the server uses. Scoring uses ``spine_ui.triage.tta_batch``, so
+``enhance()`` output), augments that working image, then applies ``spine_ui.core.preprocess.to_model_input``
+(resize + normalise), the function the server uses. Scoring uses ``spine_ui.core.triage.tta_batch``, so
 out-of-fold and test probabilities are computed exactly as ``run_triage`` computes them.
 
 Checkpoints (per unit of work = one architecture on one fold, or the final fit)::
@@ -27,12 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..bundle.architectures import build_classifier
-from ..config import PreprocessConfig
-from ..preprocess import to_model_input
-from ..triage import sigmoid, tta_batch
-from .config import ClassifierTrainConfig
-from .metrics import auroc
+from spine_ui.bundle.architectures import build_classifier
+from spine_ui.config import PreprocessConfig
+from spine_ui.core.preprocess import to_model_input
+from spine_ui.core.triage import sigmoid, tta_batch
+from spine_ui.train.config import ClassifierTrainConfig
+from spine_ui.train.metrics import auroc
 
 Log = Callable[[str], None]
 
@@ -289,7 +289,7 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
 # --------------------------------------------------------------------------- scoring
 def predict(model: nn.Module, paths: Sequence[Path], size: int, views: tuple[str, ...], device: torch.device,
             preprocess: PreprocessConfig = PreprocessConfig(), batch: int = 32, amp: bool = False) -> np.ndarray:
-    """Per-view probabilities [N, V], computed like ``spine_ui.triage.run_triage`` (mean over V = model P)."""
+    """Per-view probabilities [N, V], computed like ``spine_ui.core.triage.run_triage`` (mean over V = model P)."""
     model = model.to(device).eval()
     v = len(views)
     per = max(1, batch // v)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CLASSIFIERS, TriageConfig
+from spine_ui.config import DEFAULT_CLASSIFIERS, TriageConfig
 
 STAGES: tuple[str, ...] = ("classify", "detect", "select", "report", "export")
 

@@ -24,11 +24,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .._env import restore_threads
-from ..bundle.architectures import detector_yaml
-from ..config import LESION_CLASSES
-from .config import DetectorTrainConfig
-from .metrics import ImageDetections, detection_map
+from spine_ui._env import restore_threads
+from spine_ui.bundle.architectures import detector_yaml
+from spine_ui.config import LESION_CLASSES
+from spine_ui.train.config import DetectorTrainConfig
+from spine_ui.train.metrics import ImageDetections, detection_map
 
 Log = Callable[[str], None]
 
@@ -146,7 +146,7 @@ def train_detector(cache_dir: Path, train_ids: Sequence[str], holdout_ids: Seque
     with the path of ``best.pt``. Resumes an interrupted ultralytics run from its ``last.pt``."""
     from ultralytics import YOLO
 
-    from .vindr import write_yolo_yaml
+    from spine_ui.train.vindr import write_yolo_yaml
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ def evaluate(weights: Path, cache_dir: Path, test_ids: Sequence[str], work_dir: 
     predictions (``predict``, same conf/IoU) as an independent cross-check."""
     from ultralytics import YOLO
 
-    from .vindr import read_labels, write_yolo_yaml
+    from spine_ui.train.vindr import read_labels, write_yolo_yaml
 
     work_dir = Path(work_dir)
     images = Path(cache_dir) / "test" / "images"

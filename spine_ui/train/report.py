@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .metrics import auroc, average_precision, pr_curve, roc_curve
+from spine_ui.train.metrics import auroc, average_precision, pr_curve, roc_curve
 
 DISCLAIMER = ("Research use only; not a medical device. Figures on synthetic data say nothing about clinical "
               "performance.")

@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import STAGES, TrainArgs
+from spine_ui.train.config import STAGES, TrainArgs
 
 __all__ = ["TrainArgs", "TrainResult", "train", "add_train_parser", "cmd_train", "default_run_dir"]
 
@@ -97,7 +97,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    from .report import clean_json
+    from spine_ui.train.report import clean_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -125,12 +125,12 @@ class _Logger:
 # --------------------------------------------------------------------------- data
 def prepare_data(args: TrainArgs, run_dir: Path, log: Callable[[str], None]) -> tuple[Split, Split, Path]:
     """Synthetic data (when asked), then the enhanced cache of both splits."""
-    from ..config import PreprocessConfig
-    from .vindr import build_cache
+    from spine_ui.config import PreprocessConfig
+    from spine_ui.train.vindr import build_cache
 
     data = args.data
     if args.synthetic and args.synthetic > 0:
-        from ..synth.dataset import make_dataset
+        from spine_ui.synth.dataset import make_dataset
 
         marker = data / ".synthetic.json"
         want = {"n": int(args.synthetic), "seed": int(args.synthetic_seed), "height": int(args.synthetic_height)}
@@ -160,7 +160,7 @@ def prepare_data(args: TrainArgs, run_dir: Path, log: Callable[[str], None]) -> 
 
 
 def make_folds(train: Split, args: TrainArgs, run_dir: Path, log) -> list[tuple[np.ndarray, np.ndarray]]:
-    from .folds import grouped_folds
+    from spine_ui.train.folds import grouped_folds
 
     sel = args.selection
     if not sel.enabled:
@@ -211,7 +211,7 @@ def _read_predictions(path: Path) -> dict[str, float]:
 
 
 def stage_classify(args: TrainArgs, train: Split, folds, run_dir: Path, device, log) -> dict:
-    from .classifier import fit, load_model, predict
+    from spine_ui.train.classifier import fit, load_model, predict
 
     cfg = args.classifier
     sel = args.selection
@@ -245,7 +245,7 @@ def stage_classify(args: TrainArgs, train: Split, folds, run_dir: Path, device, 
 
 def _final_model(args: TrainArgs, arch: str, train: Split, fold_results: list[dict], run_dir: Path, device,
                  log) -> dict:
-    from .classifier import fit
+    from spine_ui.train.classifier import fit
 
     cfg = args.classifier
     unit = run_dir / "classify" / arch / "final"
@@ -280,8 +280,8 @@ def default_selection(args: TrainArgs, reason: str) -> dict:
 
 
 def stage_select(args: TrainArgs, train: Split, folds, run_dir: Path, log) -> dict:
-    from .metrics import auroc
-    from .selection import select
+    from spine_ui.train.metrics import auroc
+    from spine_ui.train.selection import select
 
     sel = args.selection
     if not folds:
@@ -315,8 +315,8 @@ def oof_predictions(args: TrainArgs, train: Split, folds, run_dir: Path) -> dict
 
 # --------------------------------------------------------------------------- detect
 def stage_detect(args: TrainArgs, train: Split, run_dir: Path, device, log) -> dict:
-    from .detector import train_detector
-    from .folds import grouped_folds
+    from spine_ui.train.detector import train_detector
+    from spine_ui.train.folds import grouped_folds
 
     cfg = args.detector
     work = run_dir / "detect"
@@ -360,7 +360,7 @@ def imbalance_measures(args: TrainArgs) -> list[dict]:
 
 # --------------------------------------------------------------------------- report
 def _final_models(args: TrainArgs, run_dir: Path) -> dict:
-    from .classifier import load_model
+    from spine_ui.train.classifier import load_model
 
     models = {}
     for arch in args.classifier.archs:
@@ -373,10 +373,10 @@ def _final_models(args: TrainArgs, run_dir: Path) -> dict:
 
 def stage_report(args: TrainArgs, train: Split, test: Split, folds, selection: dict, detect: dict | None,
                  classify: dict | None, run_dir: Path, device, timings: dict, log) -> dict:
-    from ..triage import weighted_vote
-    from .classifier import predict
-    from .metrics import auroc, average_precision, binary_summary, bootstrap_ci, roc_curve
-    from .report import write_report
+    from spine_ui.core.triage import weighted_vote
+    from spine_ui.train.classifier import predict
+    from spine_ui.train.metrics import auroc, average_precision, binary_summary, bootstrap_ci, roc_curve
+    from spine_ui.train.report import write_report
 
     cfg, rep, sel = args.classifier, args.report, args.selection
     amp = device.type == "cuda" and cfg.amp
@@ -423,7 +423,7 @@ def stage_report(args: TrainArgs, train: Split, test: Split, folds, selection: d
                                         n_boot=rep.bootstrap, ci=rep.ci, seed=rep.seed, groups=train.studies)
         curves["oof"] = {"labels": train.labels, "scores": {"ensemble": oof_ens, **oof}, "gate": gate}
     if detect:
-        from .detector import evaluate
+        from spine_ui.train.detector import evaluate
 
         log("evaluating the detector on the test split (ultralytics val)")
         results["detection"] = evaluate(Path(detect["best"]), run_dir / "cache", test.ids, run_dir / "report" / "detect",
@@ -461,7 +461,7 @@ def data_summary(args: TrainArgs, train: Split, test: Split) -> dict:
 # --------------------------------------------------------------------------- export
 def manifest_metrics(report: dict | None, selection: dict, data: dict) -> dict:
     """The compact metrics block stored in the bundle manifest (strict JSON: undefined values are null)."""
-    from .report import clean_json
+    from spine_ui.train.report import clean_json
 
     out: dict[str, Any] = {"selection": {k: selection.get(k) for k in ("source", "weights", "gate", "oof_auroc",
                                                                          "oof_auroc_default_weights", "folds")
@@ -489,14 +489,14 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds, selection: d
                  report: dict | None, classify: dict | None, run_dir: Path, device, log) -> dict:
     import torch
 
-    from .. import __version__
-    from ..bundle.export import assemble
-    from ..bundle.importer import load_yolo_checkpoint
-    from ..bundle.manifest import Manifest, write_manifest
-    from ..config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig, TriageConfig
-    from ..gate import FeatureOOD
-    from .classifier import pooled_features
-    from .report import clean_json
+    from spine_ui import __version__
+    from spine_ui.bundle.export import assemble
+    from spine_ui.bundle.importer import load_yolo_checkpoint
+    from spine_ui.bundle.manifest import Manifest, write_manifest
+    from spine_ui.config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig, TriageConfig
+    from spine_ui.core.ood import FeatureOOD
+    from spine_ui.train.classifier import pooled_features
+    from spine_ui.train.report import clean_json
 
     cfg, exp, sel = args.classifier, args.export, args.selection
     out = args.out
@@ -564,10 +564,10 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds, selection: d
 def serving_check(bundle_dir: Path, models: dict, specs, split: Split, views, device, log) -> dict:
     """Score one image through the exported bundle (ONNX runtime, ``run_triage``) and through the torch
     model as trained; the two must agree."""
-    from ..bundle.runtime import choose_runtime
-    from ..bundle.store import Bundle
-    from ..triage import run_triage
-    from .classifier import predict, read_enhanced
+    from spine_ui.bundle.runtime import choose_runtime
+    from spine_ui.bundle.store import Bundle
+    from spine_ui.core.triage import run_triage
+    from spine_ui.train.classifier import predict, read_enhanced
 
     path = split.paths([0])[0]
     bundle = Bundle(bundle_dir, choose_runtime("onnx", threads=os.cpu_count() or 1))
@@ -587,8 +587,8 @@ def serving_check(bundle_dir: Path, models: dict, specs, split: Split, views, de
 # --------------------------------------------------------------------------- orchestration
 def train(args: TrainArgs) -> TrainResult:
     """Run the requested stages; returns where the bundle and the report are."""
-    from .._env import restore_threads
-    from .classifier import resolve_device
+    from spine_ui._env import restore_threads
+    from spine_ui.train.classifier import resolve_device
 
     args = args.resolved()
     run_dir = args.run_dir or default_run_dir(args.out)

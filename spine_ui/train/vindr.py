@@ -33,8 +33,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from ..config import LESION_CLASSES, PreprocessConfig, to_dict
-from ..preprocess import enhance
+from spine_ui.config import LESION_CLASSES, PreprocessConfig, to_dict
+from spine_ui.core.preprocess import enhance
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "image_id", "rad_id", "lesion_type",
                                      "xmin", "ymin", "xmax", "ymax")
@@ -284,7 +284,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _build_image(src: Path, dst: Path, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
     """Decode + enhance one DICOM into ``dst``; returns (width, height, orig_width, orig_height)."""
-    from ..decode import decode_file
+    from spine_ui.core.decode import decode_file
 
     study = decode_file(src)
     work = enhance(study.pixels, cfg)

@@ -8,7 +8,7 @@ __all__ = ["build_app", "main"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import app
+        from spine_ui.ui import app
 
         return getattr(app, name)
     raise AttributeError(name)

@@ -1,4 +1,4 @@
-"""Gradio front end: a thin layer over :class:`spine_ui.pipeline.Analyzer` (no model logic here).
+"""Gradio front end: a thin layer over :class:`spine_ui.core.pipeline.Analyzer` (no model logic here).
 
 The bundle is loaded once at start-up. Each upload is read into memory and gradio's temporary copy is deleted
 straight away; results stream stage by stage (triage first, then boxes + Grad-CAM, LIME last). Rejected and
@@ -28,16 +28,16 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import numpy as np
 
-from .._env import limit_malloc_arenas
-from ..config import RuntimeConfig
-from ..errors import BundleError, InputError
-from ..lru import LRU
-from ..pipeline import Analysis, AnalysisOptions, Analyzer
-from ..report import DISCLAIMER
-from . import render as R
-from . import worklist as WL
-from .examples import ensure_examples, example_labels
-from .worklist import WorklistUI
+from spine_ui._env import limit_malloc_arenas
+from spine_ui.config import RuntimeConfig
+from spine_ui.errors import BundleError, InputError
+from spine_ui.lru import LRU
+from spine_ui.core.pipeline import Analysis, AnalysisOptions, Analyzer
+from spine_ui.core.finding import BundleInfo, Finding
+from spine_ui.ui import render as R
+from spine_ui.ui import worklist as WL
+from spine_ui.ui.examples import ensure_examples, example_labels
+from spine_ui.ui.worklist import WorklistUI
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class SpineUI:
         return out
 
     def view(self, stage: str, a: Analysis, opts: AnalysisOptions, workdir: Path) -> dict[str, Any]:
-        finding = a.finding()
+        finding = a.finding().to_dict()
         if not a.accepted:
             return self.failed("Input rejected - not analysed", a.gate.reason or "The image was rejected.",
                                finding["gate_layers"])
@@ -323,11 +323,8 @@ class SpineUI:
     # --- API handlers ---------------------------------------------------------------------------------
     def error_finding(self, message: str, verdict: str = "unreadable") -> dict[str, Any]:
         man = self.analyzer.bundle.manifest
-        return {"accepted": False, "reason": message, "verdict": verdict, "probability": None,
-                "gate": man.triage.gate, "abnormal": None, "models": {}, "lesions": [], "detector_ran": False,
-                "explanations": {"gradcam": None, "lime": None}, "gate_layers": [], "image": None,
-                "bundle": {"name": man.name, "version": man.version, "trained": man.trained},
-                "runtime": self.info["runtime"], "error": True, "disclaimer": DISCLAIMER}
+        return Finding.failure(message, BundleInfo(man.name, man.version, man.trained), man.triage.gate,
+                               self.info["runtime"], verdict).to_dict()
 
     def _api(self, path: str | None, opts: AnalysisOptions) -> tuple[dict[str, Any], Analysis | None]:
         if not path:
@@ -335,7 +332,7 @@ class SpineUI:
         try:
             data = self.take_upload(path)
             a = self.analyzer.analyze(data, options=opts)
-            return a.finding(), a
+            return a.finding().to_dict(), a
         except InputError as exc:
             return self.error_finding(exc.user_message), None
         except Exception as exc:
@@ -453,7 +450,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = E
     Analyzer cache of ``cache_size`` studies (default :func:`cache_studies`), which also bounds a worklist so
     that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size."""
     if analyzer is None:
-        from ..bundle.resolve import load_default
+        from spine_ui.bundle.resolve import load_default
 
         bundle = load_default()
         bundle.warm_up()

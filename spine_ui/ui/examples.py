@@ -26,15 +26,15 @@ class Example:
 
 
 def _render(seed: int, lesions: tuple[str, ...], view: str, height: int = 896) -> np.ndarray:
-    from ..synth.phantom import render_spine
+    from spine_ui.synth.phantom import render_spine
 
     img, _boxes = render_spine(np.random.default_rng(seed), list(lesions), height=height, view=view)
     return img
 
 
 def _write_normal_dicom(path: Path) -> None:
-    from ..synth.dicom_writer import write_dicom
-    from ..synth.phantom import to_stored
+    from spine_ui.synth.dicom_writer import write_dicom
+    from spine_ui.synth.phantom import to_stored
 
     img = _render(11, (), "AP")
     write_dicom(path, to_stored(img, 12), bits_stored=12, photometric="MONOCHROME2", modality="DX",
@@ -43,8 +43,8 @@ def _write_normal_dicom(path: Path) -> None:
 
 
 def _write_abnormal_dicom(path: Path) -> None:
-    from ..synth.dicom_writer import write_dicom
-    from ..synth.phantom import to_stored
+    from spine_ui.synth.dicom_writer import write_dicom
+    from spine_ui.synth.phantom import to_stored
 
     img = _render(23, ("Surgical implant", "Vertebral collapse"), "lateral")
     write_dicom(path, to_stored(img, 12, monochrome1=True), bits_stored=12, photometric="MONOCHROME1",

@@ -10,10 +10,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..config import LESION_CLASSES, display_name
-from ..detect import Lesion
-from ..report import (DISCLAIMER, UNTRAINED_WARNING, colour_hex, draw_lesions, heatmap_overlay,
-                      lime_overlay)
+from spine_ui.config import LESION_CLASSES, display_name
+from spine_ui.core.detect import Lesion
+from spine_ui.core.finding import DISCLAIMER, UNTRAINED_WARNING
+from spine_ui.core.overlays import colour_hex, draw_lesions, heatmap_overlay, lime_overlay
 
 ARCH_NAMES: dict[str, str] = {
     "densenet121": "DenseNet-121",

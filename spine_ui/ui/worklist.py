@@ -24,10 +24,10 @@ from typing import Any, Iterable, Iterator
 
 import gradio as gr
 
-from ..errors import InputError
-from ..lru import LRU
-from ..pipeline import AnalysisOptions
-from ..worklist import (ArchiveLimits, Item, WorklistRow, analyze_batch, expand_upload, safe_name, sort_key,
+from spine_ui.errors import InputError
+from spine_ui.lru import LRU
+from spine_ui.core.pipeline import AnalysisOptions
+from spine_ui.services.batch import (ArchiveLimits, Item, WorklistRow, analyze_batch, expand_upload, safe_name, sort_key,
                         summary_counts, to_csv, to_json, with_review)
 
 log = logging.getLogger(__name__)

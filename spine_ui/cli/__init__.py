@@ -7,13 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import BundleError, InputError
+from spine_ui.core.finding import UNTRAINED_WARNING
+from spine_ui.errors import BundleError, InputError
 
 
 def _bundle_from_args(args) -> "Bundle":  # noqa: F821
-    from .bundle.resolve import load_default
-    from .bundle.store import open_bundle
-    from .config import RuntimeConfig
+    from spine_ui.bundle.resolve import load_default
+    from spine_ui.bundle.store import open_bundle
+    from spine_ui.config import RuntimeConfig
 
     cfg = RuntimeConfig.from_env()
     runtime = args.runtime or cfg.runtime
@@ -31,8 +32,8 @@ def cmd_analyze(args) -> int:
     analysed and listed)."""
     from tqdm import tqdm
 
-    from .pipeline import AnalysisOptions, Analyzer
-    from .worklist import analyze_each, expand_inputs, sort_rows, to_csv
+    from spine_ui.core.pipeline import AnalysisOptions, Analyzer
+    from spine_ui.services.batch import analyze_each, expand_inputs, sort_rows, to_csv
 
     paths = [Path(f) for f in args.files]
     for p in paths:
@@ -69,7 +70,7 @@ def cmd_analyze(args) -> int:
             if args.out:
                 _write_outputs(a, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
             if not args.quiet:
-                text = json.dumps(finding) if args.json else _summary(finding)
+                text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
                     text = f"== {row.study}\n{text}"
                 tqdm.write(text, file=sys.stdout)
@@ -102,26 +103,27 @@ def _unique_stem(name: str, used: set[str]) -> str:
     return candidate
 
 
-def _summary(f: dict) -> str:
+def _summary(f: "Finding") -> str:  # noqa: F821
     lines = []
-    if f.get("warning"):
-        lines.append(f"!! {f['warning']}")
-    if not f["accepted"]:
-        lines.append(f"REJECTED: {f['reason']}")
+    if not f.trained:
+        lines.append(f"!! {UNTRAINED_WARNING}")
+    if not f.accepted:
+        lines.append(f"REJECTED: {f.reason}")
         return "\n".join(lines)
-    lines.append(f"{f['verdict'].upper()}  P = {f['probability']:.3f}  (gate {f['gate']})  [{f['runtime']}]")
-    for arch, m in f["models"].items():
-        lines.append(f"  {arch:<22} p = {m['probability']:.3f}  weight {m['weight']}")
-    for les in f["lesions"]:
-        lines.append(f"  lesion: {les['name']:<22} {les['confidence']:.2f}  box {les['box']}")
+    lines.append(f"{f.verdict.upper()}  P = {f.probability:.3f}  (gate {f.gate})  [{f.runtime}]")
+    for m in f.models:
+        lines.append(f"  {m.arch:<22} p = {m.probability:.3f}  weight {m.weight}")
+    for les in f.lesions:
+        box = [round(v, 1) for v in les.box]
+        lines.append(f"  lesion: {les.name:<22} {les.confidence:.2f}  box {box}")
     return "\n".join(lines)
 
 
 def _write_outputs(a, out: Path) -> None:
-    from .report import draw_lesions, heatmap_overlay, lime_overlay, save_png
+    from spine_ui.core.overlays import draw_lesions, heatmap_overlay, lime_overlay, save_png
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "finding.json").write_text(json.dumps(a.finding(), indent=2))
+    (out / "finding.json").write_text(json.dumps(a.finding().to_dict(), indent=2))
     if not a.accepted or a.triage is None:
         return
     save_png(out / "overlay.png", draw_lesions(a.enhanced, a.lesions or [], a.study.shape))
@@ -135,14 +137,14 @@ def _write_outputs(a, out: Path) -> None:
 
 def cmd_bundle(args) -> int:
     if args.bundle_cmd == "init-untrained":
-        from .bundle.resolve import ensure_untrained
+        from spine_ui.bundle.resolve import ensure_untrained
 
         sizes = dict(_kv(s) for s in args.size or [])
         path = ensure_untrained(Path(args.out), force=True, seed=args.seed, detector=not args.no_detector,
                                 sizes={k: int(v) for k, v in sizes.items()})
         print(f"untrained bundle written to {path}")
     elif args.bundle_cmd == "import-checkpoints":
-        from .bundle.importer import import_checkpoints
+        from spine_ui.bundle.importer import import_checkpoints
 
         clfs = {"densenet121": args.densenet121, "tf_efficientnetv2_s": args.efficientnetv2_s,
                 "resnet50": args.resnet50}
@@ -153,27 +155,27 @@ def cmd_bundle(args) -> int:
                                   gate=args.gate)
         print(f"bundle written to {path}")
     elif args.bundle_cmd == "verify":
-        from .bundle.store import Bundle
-        from .bundle.runtime import choose_runtime
+        from spine_ui.bundle.store import Bundle
+        from spine_ui.bundle.runtime import choose_runtime
 
         b = Bundle(Path(args.path), choose_runtime("onnx"))
         print(f"ok: {b.name} {b.manifest.version} ({len(b.manifest.files)} files verified)")
     elif args.bundle_cmd == "download":
-        from .bundle.hub import download_bundle
+        from spine_ui.bundle.hub import download_bundle
 
         print(f"bundle downloaded to {download_bundle(args.repo, Path(args.out), args.revision)}")
     return 0
 
 
 def _serve() -> int:
-    from .ui.app import main as serve
+    from spine_ui.ui.app import main as serve
 
     serve()
     return 0
 
 
 def cmd_synth(args) -> int:
-    from .synth.dataset import make_dataset
+    from spine_ui.synth.dataset import make_dataset
 
     summary = make_dataset(Path(args.out), args.n, seed=args.seed, height=args.height)
     print(summary)
@@ -241,14 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
 
-    from .train.runner import add_train_parser
+    from spine_ui.train.runner import add_train_parser
 
     add_train_parser(sub)
 
     sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
     sv.set_defaults(func=lambda _args: _serve())
 
-    from .bench import add_arguments, run_from_args
+    from spine_ui.cli.bench import add_arguments, run_from_args
 
     be = sub.add_parser("bench", help="per-stage timings on a synthetic DICOM (onnx vs eager torch)")
     add_arguments(be)

@@ -8,8 +8,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .bundle.store import Bundle
-from .preprocess import Placement, normalise, to_square
+from spine_ui.bundle.store import Bundle
+from spine_ui.core.preprocess import Placement, normalise, to_square
 
 View = Callable[[np.ndarray], np.ndarray]
 
@@ -72,7 +72,7 @@ class TriageResult:
 def tta_batch(enhanced: np.ndarray, size: int, views: tuple[str, ...], policy: str,
               mean, std) -> tuple[np.ndarray, Placement]:
     """The N-view normalised batch for one model (N = len(views))."""
-    from .config import PreprocessConfig
+    from spine_ui.config import PreprocessConfig
 
     if not views or views[0] != "identity":
         raise ValueError("the first TTA view must be 'identity'")

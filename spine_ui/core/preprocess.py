@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import PreprocessConfig
+from spine_ui.config import PreprocessConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Triage worklist: many studies at once, sorted by risk, reviewed case by case.
 
-Pure Python over :class:`spine_ui.pipeline.Analyzer` (no gradio): the CLI (``analyze DIR --csv``) and the web
+Pure Python over :class:`spine_ui.core.pipeline.Analyzer` (no gradio): the CLI (``analyze DIR --csv``) and the web
 app's worklist tab share it.
 
 * :func:`expand_inputs` turns files, folders and ``.zip`` archives into ``(name, source)`` items; archive
@@ -28,10 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
-from .config import DecodeConfig
-from .errors import BundleError, CorruptFileError, ImageTooLargeError, InputError
-from .pipeline import Analysis, AnalysisOptions, Analyzer
-from .report import DISCLAIMER, UNTRAINED_WARNING
+from spine_ui.config import DecodeConfig
+from spine_ui.errors import BundleError, CorruptFileError, ImageTooLargeError, InputError
+from spine_ui.core.pipeline import Analysis, AnalysisOptions, Analyzer
+from spine_ui.core.finding import DISCLAIMER, UNTRAINED_WARNING, Finding
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +114,21 @@ def safe_name(name: str | os.PathLike | None) -> str:
     return text or "unnamed"
 
 
-def row_from_finding(study: str, finding: dict[str, Any], key: str | None = None) -> WorklistRow:
-    """The worklist row of an analysed study (``Analysis.finding()``)."""
-    gate = finding.get("gate")
-    if not finding.get("accepted"):
-        return WorklistRow(safe_name(study), "rejected", gate=gate,
-                           reason=finding.get("reason") or "The image was rejected.", key=key)
-    verdict = finding.get("verdict")
-    if verdict not in ("abnormal", "normal") or finding.get("probability") is None:  # triage never ran
-        return WorklistRow(safe_name(study), "unreadable", gate=gate, reason=GENERIC_FAILURE, key=key)
-    lesions = finding.get("lesions") or []
+def row_from_finding(study: str, finding: Finding) -> WorklistRow:
+    """The worklist row of an analysed study."""
+    key = finding.key
+    if not finding.accepted:
+        return WorklistRow(safe_name(study), "rejected", gate=finding.gate,
+                           reason=finding.reason or "The image was rejected.", key=key)
+    if finding.verdict not in ("abnormal", "normal") or finding.probability is None:  # triage never ran
+        return WorklistRow(safe_name(study), "unreadable", gate=finding.gate, reason=GENERIC_FAILURE, key=key)
     types: list[str] = []
-    for les in lesions:  # the finding lists lesions most confident first
-        name = str(les.get("name") or les.get("label") or "")
+    for les in finding.lesions:  # most confident first
+        name = les.name or les.label
         if name and name not in types:
             types.append(name)
-    return WorklistRow(safe_name(study), verdict, probability=float(finding["probability"]), gate=gate,
-                       lesion_count=len(lesions) if finding.get("detector_ran") else None,
+    return WorklistRow(safe_name(study), finding.verdict, probability=float(finding.probability), gate=finding.gate,
+                       lesion_count=len(finding.lesions) if finding.detector_ran else None,
                        lesion_types=tuple(types), key=key)
 
 
@@ -377,7 +375,7 @@ def analyze_each(analyzer: Analyzer, files: Iterable[Item], options: AnalysisOpt
         try:
             data = read_source(source, analyzer.decode_cfg)
             a = analyzer.analyze(data, options=options)
-            row = row_from_finding(study, a.finding(), a.key)
+            row = row_from_finding(study, a.finding())
         except InputError as exc:
             row = WorklistRow(study, "unreadable", gate=gate, reason=exc.user_message, key=_key(data))
             a = None

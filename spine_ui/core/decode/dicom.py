@@ -27,8 +27,8 @@ from pydicom.encaps import generate_fragments
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ..config import DecodeConfig
-from ..errors import (
+from spine_ui.config import DecodeConfig
+from spine_ui.errors import (
     ColorImageError,
     CorruptFileError,
     ImageTooLargeError,
@@ -36,8 +36,8 @@ from ..errors import (
     MultiFrameError,
     UnsupportedCodecError,
 )
-from .sniff import check_dimensions, check_values, clean_text, to_unit
-from .study import Study, StudyMeta
+from spine_ui.core.decode.sniff import check_dimensions, check_values, clean_text, to_unit
+from spine_ui.core.decode.study import Study, StudyMeta
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 AUTO_PERCENTILES = (0.5, 99.5)

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..config import DecodeConfig
-from ..imagestats import colorfulness
-from ..errors import CorruptFileError, ImageTooLargeError, InputError
-from .sniff import check_dimensions, check_values, to_unit
-from .study import Study, StudyMeta
+from spine_ui.config import DecodeConfig
+from spine_ui.core.imagestats import colorfulness
+from spine_ui.errors import CorruptFileError, ImageTooLargeError, InputError
+from spine_ui.core.decode.sniff import check_dimensions, check_values, to_unit
+from spine_ui.core.decode.study import Study, StudyMeta
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -186,7 +186,7 @@ def _to_8bit(colour: np.ndarray) -> np.ndarray:
 
 
 def hasler_susstrunk(rgb: np.ndarray) -> float:
-    """Colourfulness (``spine_ui.imagestats.colorfulness``) of an 8-bit RGB image, downscaled first."""
+    """Colourfulness (``spine_ui.core.imagestats.colorfulness``) of an 8-bit RGB image, downscaled first."""
     h, w = rgb.shape[:2]
     scale = _COLOUR_SIDE / max(h, w)
     if scale < 1.0:

@@ -36,8 +36,8 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, 
 
 def synthetic_study(path: Path, height: int = 2560) -> Path:
     """A VinDr-like abnormal phantom: JPEG2000 lossless, 12-bit, MONOCHROME1."""
-    from .synth.dicom_writer import write_dicom
-    from .synth.phantom import render_spine, to_stored
+    from spine_ui.synth.dicom_writer import write_dicom
+    from spine_ui.synth.phantom import render_spine, to_stored
 
     img, _ = render_spine(np.random.default_rng(2024), ["Surgical implant", "Vertebral collapse"], height=height)
     return write_dicom(path, to_stored(img, 12, monochrome1=True), bits_stored=12, photometric="MONOCHROME1",
@@ -49,13 +49,13 @@ def peak_rss_mb() -> float:
 
 
 def stage_times(bundle, data: bytes, repeats: int, lime_samples: int | None, with_lime: bool) -> dict:
-    from .decode import decode_bytes
-    from .detect import run_detection
-    from .explain.gradcam import explain_gradcam
-    from .explain.lime_explainer import explain_lime
-    from .pipeline import AnalysisOptions, Analyzer
-    from .preprocess import enhance
-    from .triage import run_triage
+    from spine_ui.core.decode import decode_bytes
+    from spine_ui.core.detect import run_detection
+    from spine_ui.core.explain.gradcam import explain_gradcam
+    from spine_ui.core.explain.lime_explainer import explain_lime
+    from spine_ui.core.pipeline import AnalysisOptions, Analyzer
+    from spine_ui.core.preprocess import enhance
+    from spine_ui.core.triage import run_triage
 
     study = decode_bytes(data, "bench.dcm")
     enhanced = enhance(study.pixels, bundle.manifest.preprocess)
@@ -80,7 +80,7 @@ def cold_start_s(models_dir: Path, bundle_name: str) -> float:
     """A fresh interpreter: import, open + verify the bundle, build every runner, build the UI if available."""
     code = ("import time; t=time.perf_counter(); import spine_ui; from spine_ui.bundle.resolve import load_default; "
             "b=load_default(); b.warm_up()\n"
-            "try:\n from spine_ui.ui.app import build_app; from spine_ui.pipeline import Analyzer; build_app(Analyzer(b))\n"
+            "try:\n from spine_ui.ui.app import build_app; from spine_ui.core.pipeline import Analyzer; build_app(Analyzer(b))\n"
             "except ImportError: pass\n"
             "print(time.perf_counter()-t)")
     env = {**os.environ, "SPINE_MODELS_DIR": str(models_dir), "SPINE_BUNDLE": bundle_name, "SPINE_RUNTIME": "onnx"}
@@ -94,9 +94,9 @@ def cold_start_s(models_dir: Path, bundle_name: str) -> float:
 
 def run_bench(repeats: int = 5, lime_samples: int | None = None, with_torch: bool = True,
               with_lime: bool = True, models_dir: Path | None = None) -> dict:
-    from .bundle.resolve import ensure_untrained
-    from .bundle.store import open_bundle
-    from .config import RuntimeConfig
+    from spine_ui.bundle.resolve import ensure_untrained
+    from spine_ui.bundle.store import open_bundle
+    from spine_ui.config import RuntimeConfig
 
     cfg = RuntimeConfig.from_env()
     models_dir = Path(models_dir or cfg.models_dir)

@@ -7,13 +7,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .config import LESION_CLASSES, display_name
-from .detect import Lesion
-
-DISCLAIMER = ("Research use only - not a medical device. Not for diagnosis; every result must be reviewed by a "
-              "qualified radiologist.")
-UNTRAINED_WARNING = ("UNTRAINED MODEL WEIGHTS: this bundle has random weights; probabilities, boxes and "
-                     "explanations carry no clinical meaning.")
+from spine_ui.config import LESION_CLASSES, display_name
+from spine_ui.core.detect import Lesion
 
 #: One colour per lesion class (Okabe-Ito palette, colour-blind safe), RGB.
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = dict(zip(LESION_CLASSES, [

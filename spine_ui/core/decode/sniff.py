@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import DecodeConfig
-from ..errors import (
+from spine_ui.config import DecodeConfig
+from spine_ui.errors import (
     EmptyFileError,
     ImageTooLargeError,
     ImageTooSmallError,

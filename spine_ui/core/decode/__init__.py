@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
-from ..config import DecodeConfig
-from ..errors import CorruptFileError, ImageTooLargeError, InputError
-from .dicom import decode_dicom
-from .raster import decode_raster
-from .sniff import check_file_size, sniff
-from .study import Study, StudyMeta
+from spine_ui.config import DecodeConfig
+from spine_ui.errors import CorruptFileError, ImageTooLargeError, InputError
+from spine_ui.core.decode.dicom import decode_dicom
+from spine_ui.core.decode.raster import decode_raster
+from spine_ui.core.decode.sniff import check_file_size, sniff
+from spine_ui.core.decode.study import Study, StudyMeta
 
 __all__ = ["Study", "StudyMeta", "decode_bytes", "decode_file", "sniff"]
 

@@ -14,17 +14,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .bundle.store import Bundle
-from .config import DecodeConfig, GateConfig
-from .decode import Study, decode_bytes
-from .detect import Lesion, run_detection
-from .explain.gradcam import CamResult, explain_gradcam
-from .explain.lime_explainer import LimeResult, explain_lime
-from .gate import GateResult, LayerResult, check_features, run_gate
-from .preprocess import enhance
-from .lru import LRU
-from .report import DISCLAIMER, UNTRAINED_WARNING
-from .triage import TriageResult, run_triage
+from spine_ui.bundle.store import Bundle
+from spine_ui.config import DecodeConfig, GateConfig
+from spine_ui.core.decode import Study, decode_bytes
+from spine_ui.core.detect import DetectionResult, Lesion, run_detection
+from spine_ui.core.explain.gradcam import CamResult, explain_gradcam
+from spine_ui.core.explain.lime_explainer import LimeResult, explain_lime
+from spine_ui.core.gate import GateResult, LayerResult, check_features, run_gate
+from spine_ui.core.preprocess import enhance
+from spine_ui.lru import LRU
+from spine_ui.core.finding import BundleInfo, Finding, ImageInfo, LimeSummary, MemberProbability
+from spine_ui.core.triage import TriageResult, run_triage
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,16 @@ class Analysis:
     enhanced: np.ndarray | None = None
     gate: GateResult | None = None
     triage: TriageResult | None = None
-    lesions: list[Lesion] | None = None
+    detection: DetectionResult | None = None
     cam: CamResult | None = None
     lime: LimeResult | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def lesions(self) -> tuple[Lesion, ...] | None:
+        """The detected lesions, or None when the detector has not run."""
+        return self.detection.lesions if self.detection is not None else None
 
     @property
     def accepted(self) -> bool:
@@ -61,40 +66,33 @@ class Analysis:
     def abnormal(self) -> bool:
         return bool(self.triage and self.triage.abnormal)
 
-    def finding(self) -> dict[str, Any]:
+    def finding(self) -> Finding:
+        """The typed, JSON-safe result so far (no patient identifiers)."""
         man = self.bundle.manifest
         t = self.triage if self.accepted else None
         meta = self.study.meta if self.study else None
-        out: dict[str, Any] = {
-            "accepted": self.accepted,
-            "reason": self.gate.reason if self.gate else None,
-            "verdict": ("rejected" if not self.accepted else
-                        None if t is None else "abnormal" if t.abnormal else "normal"),
-            "probability": round(t.probability, 6) if t else None,
-            "gate": man.triage.gate,
-            "abnormal": t.abnormal if t else None,
-            "models": ({m.arch: {"probability": round(m.probability, 6), "weight": m.weight,
-                                 "views": [round(v, 6) for v in m.view_probabilities]} for m in t.models}
-                       if t else {}),
-            "lesions": [les.to_dict() for les in self.lesions] if (self.lesions is not None and t) else [],
-            "detector_ran": self.lesions is not None,
-            "explanations": {
-                "gradcam": self.cam.method if self.cam else None,
-                "lime": {"samples": self.lime.n_samples, "score": round(self.lime.score, 4)} if self.lime else None,
-            },
-            "gate_layers": [layer.__dict__ for layer in self.gate.layers] if self.gate else [],
-            "image": ({"width": self.study.shape[1], "height": self.study.shape[0], "source": meta.source,
-                       "photometric": meta.photometric, "bits_stored": meta.bits_stored,
-                       "transfer_syntax": meta.transfer_syntax, "processing": list(meta.notes)}
-                      if self.study else None),
-            "bundle": {"name": man.name, "version": man.version, "trained": man.trained},
-            "runtime": self.bundle.runtime.label,
-            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
-            "disclaimer": DISCLAIMER,
-        }
-        if not man.trained:
-            out["warning"] = UNTRAINED_WARNING
-        return out
+        return Finding(
+            accepted=self.accepted,
+            reason=self.gate.reason if self.gate else None,
+            verdict=("rejected" if not self.accepted else None if t is None else
+                     "abnormal" if t.abnormal else "normal"),
+            probability=t.probability if t else None,
+            gate=man.triage.gate,
+            abnormal=t.abnormal if t else None,
+            bundle=BundleInfo(man.name, man.version, man.trained),
+            runtime=self.bundle.runtime.label,
+            models=tuple(MemberProbability(m.arch, m.probability, m.weight, m.view_probabilities)
+                         for m in t.models) if t else (),
+            lesions=tuple(self.detection.lesions) if (self.detection is not None and t) else (),
+            detector_ran=self.detection is not None,
+            gradcam=self.cam.method if self.cam else None,
+            lime=LimeSummary(self.lime.n_samples, self.lime.score) if self.lime else None,
+            gate_layers=self.gate.layers if self.gate else (),
+            image=(ImageInfo(self.study.shape[1], self.study.shape[0], meta.source, meta.photometric,
+                             meta.bits_stored, meta.transfer_syntax, tuple(meta.notes)) if self.study else None),
+            timings_ms=dict(self.timings_ms),
+            key=self.key,
+        )
 
 
 class Analyzer:
@@ -142,9 +140,9 @@ class Analyzer:
         wanted = mode == "always" or (mode == "auto" and (
             a.abnormal or self.bundle.manifest.detector_config.run == "always"))
         with a.lock:
-            if a.lesions is None and a.accepted and a.triage is not None and wanted:
+            if a.detection is None and a.accepted and a.triage is not None and wanted:
                 with _timer(a, "detect"):
-                    a.lesions = run_detection(a.enhanced, a.study.shape, self.bundle)
+                    a.detection = run_detection(a.enhanced, a.study.shape, self.bundle)
         return a
 
     def gradcam(self, a: Analysis) -> Analysis:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..bundle.store import Bundle, Head
-from ..preprocess import Placement
-from ..triage import TriageResult, sigmoid
+from spine_ui.bundle.store import Bundle, Head
+from spine_ui.core.preprocess import Placement
+from spine_ui.core.triage import TriageResult, sigmoid
 
 
 def class_activation(features: np.ndarray, head: Head) -> np.ndarray:
@@ -93,7 +93,7 @@ def explain_gradcam(triage: TriageResult, bundle: Bundle, enhanced: np.ndarray,
     for entry in bundle.classifiers:
         placement = triage.placements[entry.arch]
         if backprop:
-            from ..triage import tta_batch
+            from spine_ui.core.triage import tta_batch
 
             pp = bundle.manifest.preprocess
             batch, _ = tta_batch(enhanced, entry.input_size, ("identity",), pp.resize, pp.mean, pp.std)

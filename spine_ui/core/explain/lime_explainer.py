@@ -11,10 +11,10 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ..bundle.store import Bundle
-from ..config import ExplainConfig
-from ..preprocess import Placement, normalise, to_square
-from ..triage import sigmoid, weighted_vote
+from spine_ui.bundle.store import Bundle
+from spine_ui.config import ExplainConfig
+from spine_ui.core.preprocess import Placement, normalise, to_square
+from spine_ui.core.triage import sigmoid, weighted_vote
 
 Progress = Callable[[int, int], None]
 

@@ -1,0 +1,1 @@
+"""The serving stages: decode -> preprocess -> gate -> triage -> detect -> explain -> finding."""

@@ -1,0 +1,1 @@
+"""Services built on the core: batch engines, and (next) store, PACS, DICOM output, schedulers."""
