@@ -1,5 +1,5 @@
 """Archive triage throughput: the in-process batch (baseline) vs the Ray engine with 1 and 2 local workers, on
-the same folder in the same run, plus Ray Data vs plain Ray tasks for reading the files.
+the same folder in the same run, plus three ways of reading the files (in process, Ray tasks, Ray Data).
 
     python benchmarks/ray_batch.py                       # 24 synthetic 1024-px JPEG2000 DICOMs, full bundle
     python benchmarks/ray_batch.py --n 8 --bundle DIR    # smaller / another bundle
@@ -61,22 +61,24 @@ def timed_run(engine: str, items, job: BatchJob, batch=None) -> dict:
 
 
 def ray_reads(paths: list[Path]) -> dict:
-    """Reading the files through Ray Data vs one Ray task per file (cluster already running)."""
+    """Reading the files: in one process (what each actor does), one 0-CPU Ray task per file, Ray Data."""
     import ray
 
     from spine_ui.services.batch.ray_engine import read_item
 
+    t = time.perf_counter()
+    sizes = [len(read_item(str(p))) for p in paths]
+    plain = time.perf_counter() - t
     read = ray.remote(num_cpus=0)(read_item)
     t = time.perf_counter()
-    sizes = [len(b) for b in ray.get([read.remote(str(p)) for p in paths])]
+    assert [len(b) for b in ray.get([read.remote(str(p)) for p in paths])] == sizes
     tasks = time.perf_counter() - t
     t = time.perf_counter()
     ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True)
-    data_sizes = sorted(len(r["bytes"]) for r in ds.iter_rows())
+    assert sorted(len(r["bytes"]) for r in ds.iter_rows()) == sorted(sizes)
     data = time.perf_counter() - t
-    assert sorted(sizes) == data_sizes
-    return {"files": len(paths), "megabytes": round(sum(sizes) / 2 ** 20, 1), "ray_tasks_s": round(tasks, 2),
-            "ray_data_s": round(data, 2)}
+    return {"files": len(paths), "megabytes": round(sum(sizes) / 2 ** 20, 1), "in_process_s": round(plain, 3),
+            "ray_tasks_s": round(tasks, 2), "ray_data_s": round(data, 2)}
 
 
 def main() -> int:

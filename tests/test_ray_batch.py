@@ -126,3 +126,31 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(EngineUnavailableError, match="requirements-extra.txt"):
         ray_engine.import_ray()
+
+
+def test_cli_engine_ray_writes_the_same_worklist(folder, small_bundle_dir, tmp_path):
+    """``analyze DIR --engine ray --csv`` in a subprocess (its own local cluster, 1 worker): the CSV the local
+    engine gives, exit 2 for the unreadable files, and no network use beyond 127.0.0.1."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    items = expand_inputs([folder])
+    local = to_csv(sort_rows(in_input_order(get_engine("local")(items, _job(small_bundle_dir)))))
+    out = tmp_path / "ray.csv"
+    net = tmp_path / "net.log"
+    env = {**os.environ, "PYTHONPATH": f"{root / 'tests' / 'support'}{os.pathsep}{root}", "SPINE_NET_LOG": str(net),
+           "SPINE_RAY_CPUS_PER_WORKER": "1", "SPINE_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "spine_ui", "analyze", str(folder), "--engine", "ray", "--workers",
+                           "1", "--runtime", "onnx", "--no-tta", "--quiet", "--bundle", str(small_bundle_dir),
+                           "--csv", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "2 of 7 files could not be read" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_bytes().decode() == local
+    assert not (tmp_path / "ray.csv.partial").exists()
+    # Every connection went to 127.0.0.1 except the cloud-metadata probes of Ray's own dashboard process (a
+    # usage-statistics module that always loads and asks 169.254.169.254 / metadata.google.internal which
+    # cloud it runs on, even with usage statistics off); the test's guard refused those.
+    probes = ("'169.254.169.254'", "'metadata.google.internal'")
+    attempts = net.read_text().splitlines() if net.exists() else []
+    assert all(line.endswith(probes) for line in attempts), attempts
