@@ -119,7 +119,7 @@ def _png_set(tmp_path: Path, n: int = 6, size=(80, 60)) -> tuple[list[Path], np.
 def test_dataset_uses_the_serving_preprocessing(tmp_path):
     import torch
 
-    from spine_ui.core.preprocess import to_model_input
+    from spine_ui.core.contract import to_model_input
     from spine_ui.train.classifier import CachedImages, augment
 
     paths, labels = _png_set(tmp_path, 2)

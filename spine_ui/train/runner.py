@@ -373,7 +373,7 @@ def _final_models(args: TrainArgs, run_dir: Path) -> dict:
 
 def stage_report(args: TrainArgs, train: Split, test: Split, folds, selection: dict, detect: dict | None,
                  classify: dict | None, run_dir: Path, device, timings: dict, log) -> dict:
-    from spine_ui.core.triage import weighted_vote
+    from spine_ui.core.contract import weighted_vote
     from spine_ui.train.classifier import predict
     from spine_ui.train.metrics import auroc, average_precision, binary_summary, bootstrap_ci, roc_curve
     from spine_ui.train.report import write_report
