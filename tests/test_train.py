@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from spine_ui.config import PreprocessConfig
 from spine_ui.train.config import (ClassifierTrainConfig, DetectorTrainConfig, ReportConfig, STAGES, TrainArgs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,7 +263,8 @@ def tiny_run(tmp_path_factory):
     args = TrainArgs(data=root / "data", out=root / "models" / "tiny", synthetic=12, synthetic_height=128,
                      epochs=1, det_epochs=1, imgsz=64, det_imgsz=64, folds=2, batch=4, det_batch=4,
                      det_arch="yolo11n", workers=0, device="cpu", verbose=False,
-                     detector=DetectorTrainConfig(nbs=4, plots=False), report=ReportConfig(bootstrap=200))
+                     detector=DetectorTrainConfig(nbs=4, plots=False), report=ReportConfig(bootstrap=200),
+                     preprocess=PreprocessConfig(clahe_clip=2.5))  # not the default: the manifest must carry it
     t0 = time.perf_counter()
     result = train(args)
     return args, result, time.perf_counter() - t0
@@ -278,6 +280,7 @@ def test_tiny_run_writes_bundle_report_and_folds(tiny_run):
     assert man.trained and man.detector is not None and man.detector.arch == "yolo11n"
     assert [c.arch for c in man.classifiers] == ["densenet121", "tf_efficientnetv2_s", "resnet50"]
     assert all(c.input_size == 64 for c in man.classifiers)
+    assert man.preprocess == args.preprocess != PreprocessConfig()  # what training used, not the default
     sel = json.loads((run / "select" / "done.json").read_text())["result"]
     assert sel["source"] == "cross-validation"
     assert sum(man.weights.values()) == pytest.approx(1.0)

@@ -125,7 +125,6 @@ class _Logger:
 # --------------------------------------------------------------------------- data
 def prepare_data(args: TrainArgs, run_dir: Path, log: Callable[[str], None]) -> tuple[Split, Split, Path]:
     """Synthetic data (when asked), then the enhanced cache of both splits."""
-    from spine_ui.config import PreprocessConfig
     from spine_ui.train.vindr import build_cache
 
     data = args.data
@@ -152,7 +151,7 @@ def prepare_data(args: TrainArgs, run_dir: Path, log: Callable[[str], None]) -> 
     cache = run_dir / "cache"
     splits = []
     for split in ("train", "test"):
-        index = build_cache(data, split, cache, PreprocessConfig(), progress=args.verbose and sys.stderr.isatty())
+        index = build_cache(data, split, cache, args.preprocess, progress=args.verbose and sys.stderr.isatty())
         log(f"cache {split}: {len(index)} images ({index.built} built, {index.skipped} reused)")
         splits.append(Split([r.image_id for r in index.rows], [r.study_id for r in index.rows],
                             np.array([int(r.abnormal) for r in index.rows]), index.root))
@@ -187,6 +186,7 @@ def _clf_key(args: TrainArgs) -> dict:
     cfg = asdict(args.classifier)
     for k in ("workers", "eval_batch"):
         cfg.pop(k, None)
+    cfg["preprocess"] = asdict(args.preprocess)
     return cfg
 
 
@@ -230,10 +230,10 @@ def stage_classify(args: TrainArgs, train: Split, folds, run_dir: Path, device, 
                     shutil.rmtree(unit, ignore_errors=True)
                 log(f"{arch} fold {k + 1}/{len(folds)}: {len(tr)} train / {len(va)} validation images")
                 res = fit(arch, train.paths(tr), train.labels[tr], unit, cfg, device, val_paths=train.paths(va),
-                          val_labels=train.labels[va], fingerprint=fp, log=log)
+                          val_labels=train.labels[va], fingerprint=fp, preprocess=args.preprocess, log=log)
                 model = load_model(arch, unit / "best.pt")
                 views = predict(model, train.paths(va), cfg.input_size, sel.tta_views, device,
-                                batch=cfg.eval_batch, amp=amp)
+                                preprocess=args.preprocess, batch=cfg.eval_batch, amp=amp)
                 _write_predictions(_oof_path(run_dir, arch, k), [train.ids[i] for i in va], train.labels[va], views)
                 done = {"fingerprint": fp, **res.to_json()}
             else:
@@ -267,7 +267,7 @@ def _final_model(args: TrainArgs, arch: str, train: Split, fold_results: list[di
             shutil.rmtree(unit, ignore_errors=True)
         log(f"{arch} final model: {len(train.ids)} images, {epochs} epochs")
         done = fit(arch, train.paths(), train.labels, unit, cfg, device, epochs=epochs, fingerprint=fp,
-                   log=log).to_json()
+                   preprocess=args.preprocess, log=log).to_json()
     info.update(final="refit on the train split" if fold_results else "trained on the train split (no CV)",
                 final_epochs=epochs, pretrained=done["pretrained"], final_seconds=done["seconds"])
     return info
@@ -385,7 +385,8 @@ def stage_report(args: TrainArgs, train: Split, test: Split, folds, selection: d
     test_probs = {}
     for arch, model in models.items():
         log(f"scoring the test split with {arch} ({len(sel.tta_views)} TTA views)")
-        views = predict(model, test.paths(), cfg.input_size, sel.tta_views, device, batch=cfg.eval_batch, amp=amp)
+        views = predict(model, test.paths(), cfg.input_size, sel.tta_views, device, preprocess=args.preprocess,
+                        batch=cfg.eval_batch, amp=amp)
         _write_predictions(run_dir / "report" / f"test_{arch}.csv", test.ids, test.labels, views)
         test_probs[arch] = views.mean(axis=1)
     weights = selection["weights"]
@@ -522,7 +523,7 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds, selection: d
     data = data_summary(args, train, test)
     manifest = Manifest(
         name=name, version=exp.version or f"{__version__}+trained.{now:%Y%m%d%H%M}", trained=True, classifiers=[],
-        detector=None, triage=TriageConfig(gate=float(selection["gate"]), tta_views=tuple(sel.tta_views)),
+        detector=None, preprocess=args.preprocess, triage=TriageConfig(gate=float(selection["gate"]), tta_views=tuple(sel.tta_views)),
         detector_config=det_cfg, metrics=manifest_metrics(report, selection, data),
         provenance={"kind": "trained", "created": now.isoformat(timespec="seconds"), "spine_ui": __version__,
                     "torch": torch.__version__, "timm": timm.__version__, "ultralytics": ultralytics.__version__,
@@ -542,8 +543,8 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds, selection: d
             ids = sorted(np.random.default_rng(0).choice(ids, exp.ood_max_images, replace=False).tolist())
         paths = train.paths(ids)
         log(f"feature statistics for the outlier gate on {len(paths)} training images")
-        feats = np.concatenate([pooled_features(models[s.arch], paths, s.input_size, device, batch=cfg.eval_batch)
-                                for s in specs], axis=1)
+        feats = np.concatenate([pooled_features(models[s.arch], paths, s.input_size, device, args.preprocess,
+                                                batch=cfg.eval_batch) for s in specs], axis=1)
         ood = FeatureOOD.fit(feats, percentile=exp.ood_percentile)
         ood.save(tmp / "ood.npz")
         manifest.ood = {"file": "ood.npz", "percentile": float(exp.ood_percentile), "threshold": ood.threshold,
@@ -556,26 +557,32 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds, selection: d
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    check = serving_check(out, models, specs, test if test.ids else train, sel.tta_views, device, log)
+    check = serving_check(out, models, specs, test if test.ids else train, sel.tta_views, args.preprocess, device,
+                          log)
     return {"bundle": str(out), "name": name, "version": manifest.version, "ood_threshold": ood.threshold,
             "serving_check": check}
 
 
-def serving_check(bundle_dir: Path, models: dict, specs, split: Split, views, device, log) -> dict:
-    """Score one image through the exported bundle (ONNX runtime, ``run_triage``) and through the torch
-    model as trained; the two must agree."""
+def serving_check(bundle_dir: Path, models: dict, specs, split: Split, views, preprocess, device, log) -> dict:
+    """Score one image as the server does (the exported ONNX models on the contract's input built from the
+    bundle manifest's preprocessing and TTA views) and with the torch models as trained; the two must agree."""
     from spine_ui.bundle.runtime import choose_runtime
     from spine_ui.bundle.store import Bundle
-    from spine_ui.core.triage import run_triage
+    from spine_ui.core.contract import model_input, sigmoid
     from spine_ui.train.classifier import predict, read_enhanced
 
     path = split.paths([0])[0]
     bundle = Bundle(bundle_dir, choose_runtime("onnx", threads=os.cpu_count() or 1))
-    served = run_triage(read_enhanced(path), bundle, tta=True)
+    man = bundle.manifest
+    enhanced = read_enhanced(path)
     diffs = {}
+    entries = {e.arch: e for e in bundle.classifiers}
     for s in specs:
-        p = float(predict(models[s.arch], [path], s.input_size, tuple(views), device).mean())
-        diffs[s.arch] = abs(p - next(m.probability for m in served.models if m.arch == s.arch))
+        entry = entries[s.arch]
+        batch, _ = model_input(enhanced, entry.input_size, man.triage.tta_views, man.preprocess)
+        served = float(sigmoid(bundle.classifier(entry.arch)(batch)[0]).mean())
+        p = float(predict(models[s.arch], [path], s.input_size, tuple(views), device, preprocess).mean())
+        diffs[s.arch] = abs(p - served)
     worst = max(diffs.values())
     if worst > 1e-3:
         log(f"WARNING: the exported bundle and the trained models disagree by {worst:.2e} on {path.stem}")
@@ -632,7 +639,7 @@ def train(args: TrainArgs) -> TrainResult:
     clf_fp = fingerprint("classify", _clf_key(args), fold_key, _ids_key(train_split.ids), args.selection.tta_views)
     classify = run_stage("classify", clf_fp,
                          lambda: stage_classify(args, train_split, folds, run_dir, device, log))
-    det_fp = fingerprint("detect", asdict(args.detector), _ids_key(train_split.ids))
+    det_fp = fingerprint("detect", asdict(args.detector), asdict(args.preprocess), _ids_key(train_split.ids))
     detect = run_stage("detect", det_fp, lambda: stage_detect(args, train_split, run_dir, device, log),
                        valid=lambda r: Path(r.get("best", "")).is_file())
     restore_threads()
