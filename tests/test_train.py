@@ -237,10 +237,10 @@ def test_default_run_dir():
 
 
 def test_cli_parser(capsys):
-    from spine_ui.train.runner import add_train_parser, args_from_namespace, cmd_train
+    from spine_ui.cli.train import args_from_namespace, cmd_train, register
 
     parser = argparse.ArgumentParser(prog="python -m spine_ui")
-    add_train_parser(parser.add_subparsers(dest="cmd", required=True))
+    register(parser.add_subparsers(dest="cmd", required=True))
     ns = parser.parse_args(["train", "--data", "d", "--out", "models/n", "--synthetic", "40", "--epochs", "2",
                             "--det-epochs", "1", "--imgsz", "128", "--det-imgsz", "96", "--folds", "3",
                             "--stages", "classify,select", "--device", "cpu", "--pretrained", "--resume"])
@@ -251,6 +251,25 @@ def test_cli_parser(capsys):
     bad = parser.parse_args(["train", "--data", "d", "--out", "o", "--stages", "classify,bogus"])
     assert bad.func(bad) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_progress_goes_through_logging(capsys):
+    import logging
+    import re
+
+    from spine_ui.train.runner import _progress_to_stderr
+
+    stage = logging.getLogger("spine_ui.train.stages.data")
+    with _progress_to_stderr(True):
+        stage.info("cache %s: %d images", "train", 3)
+        stage.warning("careful")
+    with _progress_to_stderr(False):
+        stage.info("hidden when quiet")
+        stage.warning("shown when quiet")
+    err = capsys.readouterr().err
+    assert re.search(r"\[train +0:\d\d\.\d\] cache train: 3 images", err)
+    assert "] WARNING: careful" in err and "hidden" not in err and "shown when quiet" in err
+    assert not logging.getLogger("spine_ui.train").handlers  # the handler is removed after the run
 
 
 # --------------------------------------------------------------------------- end to end

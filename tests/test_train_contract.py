@@ -45,12 +45,12 @@ def test_training_cache_and_serving_build_identical_model_inputs(tmp_path, small
     from spine_ui.core.pipeline import Analyzer
     from spine_ui.train.classifier import read_enhanced
     from spine_ui.train.config import TrainArgs
-    from spine_ui.train.runner import prepare_data
+    from spine_ui.train.stages.data import prepare_data
 
     pp = PreprocessConfig(clahe_clip=3.0, clahe_tiles=6, working_size=512, resize="letterbox")
     data = _vindr_folder(tmp_path / "data")
     args = TrainArgs(data=data, out=tmp_path / "models" / "b", preprocess=pp, verbose=False).resolved()
-    train_split, _test, cache = prepare_data(args, tmp_path / "run", print)
+    train_split, _test, cache = prepare_data(args, tmp_path / "run")
     cached = read_enhanced(train_split.paths()[0])
     bundle = open_bundle(_bundle_with(small_bundle_dir, tmp_path / "bundle", pp), "onnx")
     assert bundle.manifest.preprocess == pp
@@ -70,5 +70,5 @@ def test_training_cache_and_serving_build_identical_model_inputs(tmp_path, small
     assert default.enhanced.shape != cached.shape
     # changing the config rebuilds the cache instead of reusing images made with another one
     args2 = dataclasses.replace(args, preprocess=dataclasses.replace(pp, clahe_clip=2.0))
-    again, _, _ = prepare_data(args2, tmp_path / "run", print)
+    again, _, _ = prepare_data(args2, tmp_path / "run")
     assert not np.array_equal(read_enhanced(again.paths()[0]), cached)

@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
 
-    from spine_ui.train.runner import add_train_parser
+    from spine_ui.cli.train import register as register_train
 
-    add_train_parser(sub)
+    register_train(sub)
 
     sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
     sv.set_defaults(func=lambda _args: _serve())

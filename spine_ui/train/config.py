@@ -142,7 +142,7 @@ class TrainArgs:
     device: str = "auto"  # auto | cpu | cuda
     pretrained: bool = False
     resume: bool = False
-    run_dir: Path | None = None  # default: see runner.default_run_dir
+    run_dir: Path | None = None  # default: see spine_ui.train.runner.default_run_dir
     name: str | None = None  # bundle name (default: the out folder's name)
     verbose: bool = True
     #: the preprocessing the cache, the classifiers and the exported manifest use (serving reads it back)
