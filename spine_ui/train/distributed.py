@@ -83,6 +83,20 @@ def teardown() -> None:
         torch.distributed.destroy_process_group()
 
 
+def threads_per_rank() -> int:
+    """CPU threads for this process: the cores shared by the ranks of this node."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def broadcast(obj: Any, dist: Dist) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; for the splits and folds rank 0 prepared)."""
+    if not dist.enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(dist: Dist) -> None:
     if dist.enabled:
         torch.distributed.barrier()
@@ -174,5 +188,5 @@ def launch(train_argv: Sequence[str], nproc: int, nnodes: str = "1", node_rank: 
     return subprocess.run(cmd, env=env).returncode
 
 
-__all__ = ["Dist", "TORCHRUN_FLAGS", "barrier", "current", "gather", "launch", "launched_by_torchrun", "per_rank_batch",
-           "setup", "shard", "strip_launch_flags", "teardown", "torchrun_command", "train_loader", "unwrap", "wrap"]
+__all__ = ["Dist", "TORCHRUN_FLAGS", "barrier", "broadcast", "current", "gather", "launch", "launched_by_torchrun", "per_rank_batch",
+           "setup", "shard", "strip_launch_flags", "teardown", "threads_per_rank", "torchrun_command", "train_loader", "unwrap", "wrap"]
