@@ -130,6 +130,12 @@ def main() -> int:
         out["reads"] = ray_reads([Path(s) for _n, s in items])
     finally:
         ray.shutdown()
+    stages: dict[str, list[float]] = {}
+    for r in base["results"]:
+        for k, v in (r.finding.timings_ms if r.finding is not None else {}).items():
+            stages.setdefault(k, []).append(v)
+    out["local_stage_ms_mean"] = {k: round(sum(v) / len(v), 1) for k, v in stages.items()}  # per stage that ran
+    out["local_stage_runs"] = {k: len(v) for k, v in stages.items()}
     out["same_csv_as_local"] = same
     print(json.dumps(out, indent=2))
     return 0 if same else 1

@@ -104,3 +104,51 @@ def test_torchrun_command_passes_multi_node_flags():
     assert cmd[3:8] == ["--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1",
                         "--master-port=29400"]
     assert cmd[8:] == ["-m", "spine_ui", "train", *rest]
+
+
+TINY = ["--synthetic", "12", "--synthetic-height", "128", "--epochs", "1", "--imgsz", "64", "--folds", "2",
+        "--batch", "4", "--workers", "0", "--device", "cpu", "--stages", "classify,select,report,export", "--quiet"]
+
+
+def _train(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "spine_ui", "train", "--data", str(root / "data"), "--out", str(root / "tiny"),
+           *TINY, *extra]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_train_nproc_2_gloo_matches_one_process(tmp_path):
+    """``train --nproc 2`` (torchrun, 2 gloo ranks) vs one process, same seed and global batch 4 (2 per rank).
+
+    The members (densenet121, EfficientNetV2-S, ResNet50) carry BatchNorm. torch has no SyncBatchNorm on the
+    CPU, so each rank normalises with the statistics of its 2 images where one process uses 4: the gradients,
+    hence the weights, differ a little, and the running statistics are rank 0's (DDP broadcasts its buffers).
+    Tolerance: the weights' distance between the two runs must stay under half of how far training moved
+    them (measured on this tiny run: see the README); a rank training on the wrong images or without the
+    averaged gradient moves them somewhere else entirely. Exactness without batch statistics is the first test.
+    """
+    from spine_ui.bundle.architectures import build_classifier
+    from spine_ui.bundle.manifest import read_manifest
+
+    two = _train(tmp_path / "two", "--nproc", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _train(tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads(two.stdout.strip().splitlines()[-1])["bundle"] == str(tmp_path / "two" / "tiny")
+    run2, run1 = tmp_path / "two" / "tiny_run", tmp_path / "one" / "tiny_run"
+    assert (run2 / "report" / "report.md").is_file() and (run2 / "report" / "metrics.json").is_file()
+    # the same study-grouped folds; every training image scored out of fold once, gathered from both ranks
+    assert json.loads((run2 / "folds.json").read_text()) == json.loads((run1 / "folds.json").read_text())
+    fold_of = json.loads((run2 / "folds.json").read_text())["fold_of"]
+    for arch in ("densenet121", "resnet50"):
+        ids = [line.split(",")[0] for k in (0, 1)
+               for line in (run2 / "classify" / arch / f"fold{k}" / "oof.csv").read_text().splitlines()[1:]]
+        assert sorted(ids) == sorted(fold_of)
+    m2, m1 = read_manifest(tmp_path / "two" / "tiny"), read_manifest(tmp_path / "one" / "tiny")
+    assert m2.trained and [c.arch for c in m2.classifiers] == [c.arch for c in m1.classifiers]
+    for c in m2.classifiers:
+        torch.manual_seed(42)
+        init = build_classifier(c.arch).state_dict()
+        a, b = _state(tmp_path / "two" / "tiny" / c.torch), _state(tmp_path / "one" / "tiny" / c.torch)
+        params = {k: v for k, v in a.items() if "running" not in k and "num_batches" not in k}
+        d, moved = _rel_diff(params, b, init)
+        assert moved > 0 and d < 0.5 * moved, (c.arch, d, moved)
