@@ -143,6 +143,12 @@ def test_train_nproc_2_gloo_matches_one_process(tmp_path):
         ids = [line.split(",")[0] for k in (0, 1)
                for line in (run2 / "classify" / arch / f"fold{k}" / "oof.csv").read_text().splitlines()[1:]]
         assert sorted(ids) == sorted(fold_of)
+    # resume on 2 ranks: every stage is found done, nothing is retrained
+    marker = run2 / "classify" / "done.json"
+    before = marker.stat().st_mtime_ns
+    again = _train(tmp_path / "two", "--nproc", "2", "--master-port", str(_free_port()), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert marker.stat().st_mtime_ns == before
     m2, m1 = read_manifest(tmp_path / "two" / "tiny"), read_manifest(tmp_path / "one" / "tiny")
     assert m2.trained and [c.arch for c in m2.classifiers] == [c.arch for c in m1.classifiers]
     for c in m2.classifiers:
