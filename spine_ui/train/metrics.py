@@ -1,21 +1,24 @@
-"""Evaluation metrics, implemented here (numpy only) and cross-checked in the tests against scikit-learn
-and ultralytics.
+"""Evaluation metrics: classification from scikit-learn, detection matching and AP our own (numpy), each
+cross-checked in the tests against scikit-learn, scipy and ultralytics.
 
 Classification (label 1 = abnormal, score = probability; an image is called abnormal when ``score >=
 threshold``, exactly as the server compares P with the gate):
 
-- ``auroc``: Mann-Whitney U statistic with average ranks for ties (equals the trapezoidal ROC area);
-- ``roc_curve`` / ``pr_curve`` / ``average_precision`` (step-wise, scikit-learn's definition);
+- ``auroc`` / ``roc_curve`` / ``pr_curve`` / ``average_precision``: scikit-learn (``roc_auc_score``,
+  ``roc_curve(drop_intermediate=False)``, ``precision_recall_curve``, ``average_precision_score``) behind
+  input checks, NaN instead of an exception where a metric is undefined;
 - ``bootstrap_ci``: percentile bootstrap, seeded; resamples studies (clusters) when ``groups`` is given;
 - ``confusion_at`` / ``threshold_table``: sensitivity, specificity, PPV, NPV, F1, accuracy at thresholds;
-- ``youden_threshold``: the cut maximising J = sensitivity + specificity - 1.
+- ``youden_threshold``: the cut maximising J = sensitivity + specificity - 1 (on scikit-learn's ROC points).
 
 Detection (``detection_map``): COCO-style greedy matching (predictions in descending confidence, each takes
 the unmatched same-class ground truth with the highest IoU >= the threshold) at IoU 0.50:0.05:0.95, and
 per-class AP from the monotone precision envelope. ``method="all"`` (default) is the exact all-point area
-(PASCAL VOC 2010+); ``method="coco101"`` samples the envelope at 101 recall points (COCO). Ultralytics
-integrates a linearly interpolated 101-point curve with the trapezoid rule, so its APs differ from both
-by a few thousandths (a perfect detector scores 0.995 there).
+(PASCAL VOC 2010+); ``method="coco101"`` samples the envelope at 101 recall points (COCO). This stays ours:
+ultralytics' matcher (``DetectionValidator.match_predictions``) resolves a prediction overlapping several
+ground truths by IoU rank over the whole image rather than by confidence order, and its ``ap_per_class``
+integrates a linearly interpolated 101-point curve with the trapezoid rule (a perfect detector scores 0.995),
+so its APs differ from both definitions by a few thousandths. Box IoU is ``torchvision.ops.box_iou``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 COCO_IOUS = np.round(np.linspace(0.5, 0.95, 10), 2)
 
@@ -40,65 +44,40 @@ def _binary(y, s) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], xs.size]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
 def auroc(y, s) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
+    """Area under the ROC curve (scikit-learn); NaN when only one class is present."""
     y, s = _binary(y, s)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.min() == y.max():
         return float("nan")
-    r = average_ranks(s)
-    u = r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def _cumulative(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tp, fp, thresholds) when calling ``score >= t`` positive, t over distinct scores (descending)."""
-    order = np.argsort(-s, kind="mergesort")
-    ys, ss = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(ss)), ss.size - 1]  # last index of each distinct score
-    tp = np.cumsum(ys)[last]
-    fp = (last + 1) - tp
-    return tp.astype(np.float64), fp.astype(np.float64), ss[last]
+    return float(skm.roc_auc_score(y, s))
 
 
 def roc_curve(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), starting at (0, 0) with threshold +inf; needs both classes."""
+    """(fpr, tpr, thresholds): one point per distinct score, starting at (0, 0) with threshold +inf;
+    needs both classes."""
     y, s = _binary(y, s)
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.min() == y.max():
         raise ValueError("ROC needs both classes")
-    tp, fp, thr = _cumulative(y, s)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, thr]
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
 def pr_curve(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) for decreasing thresholds, starting at recall 0 / precision 1."""
+    """(precision, recall, thresholds) for decreasing thresholds, starting at recall 0 / precision 1
+    (threshold +inf) and ending where recall first reaches 1 (scikit-learn's ``precision_recall_curve``)."""
     y, s = _binary(y, s)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if not y.any():
         raise ValueError("precision-recall needs at least one positive")
-    tp, fp, thr = _cumulative(y, s)
-    return np.r_[1.0, tp / (tp + fp)], np.r_[0.0, tp / n_pos], np.r_[np.inf, thr]
+    precision, recall, thr = skm.precision_recall_curve(y, s)
+    return precision[::-1], recall[::-1], np.r_[np.inf, thr[::-1]]
 
 
 def average_precision(y, s) -> float:
     """Step-wise AP = sum_n (R_n - R_{n-1}) P_n (scikit-learn's ``average_precision_score``)."""
-    precision, recall, _ = pr_curve(y, s)
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    y, s = _binary(y, s)
+    if not y.any():
+        raise ValueError("precision-recall needs at least one positive")
+    return float(skm.average_precision_score(y, s))
 
 
 def bootstrap_ci(y, s, metric: Callable[[np.ndarray, np.ndarray], float] = auroc, *, n_boot: int = 2000,
@@ -181,8 +160,8 @@ def youden_threshold(y, s) -> dict:
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("Youden's J needs both classes")
-    tp, fp, thr = _cumulative(y, s)
-    sens, spec = tp / n_pos, 1.0 - fp / n_neg
+    fpr, sens, thr = (a[1:] for a in skm.roc_curve(y, s, drop_intermediate=False))  # distinct scores, descending
+    spec = 1.0 - fpr
     j = sens + spec - 1.0
     best = np.flatnonzero(np.isclose(j, j.max(), rtol=0, atol=1e-12))
     k = int(best[np.argmax(sens[best])])
@@ -210,16 +189,13 @@ def binary_summary(y, s, gate: float, *, thresholds: Iterable[float] = (0.3, 0.4
 
 # --------------------------------------------------------------------------- detection
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix [N, M] of xyxy boxes."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    """IoU matrix [N, M] of xyxy boxes (``torchvision.ops.box_iou`` in float64; 0 where both are empty)."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    a = torch.as_tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    return np.nan_to_num(tv_box_iou(a, b).numpy(), nan=0.0)
 
 
 def match_detections(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes,

@@ -6,13 +6,13 @@ matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from spine_ui._io import atomic_write_json, atomic_write_text
 from spine_ui.train.metrics import auroc, average_precision, pr_curve, roc_curve
 
 DISCLAIMER = ("Research use only; not a medical device. Figures on synthetic data say nothing about clinical "
@@ -297,9 +297,9 @@ def write_report(out_dir: Path, results: Mapping[str, Any], curves: Mapping[str,
         if p:
             plots["ap_test"] = p.name
     payload = clean_json({**results, "plots": plots})
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    atomic_write_json(out_dir / "metrics.json", payload, default=_json_default)
     blocks = build_blocks(results, plots)
-    (out_dir / "report.md").write_text(to_markdown(blocks))
-    (out_dir / "report.html").write_text(to_html(blocks, f"Training report: {results.get('name', '')}"))
+    atomic_write_text(out_dir / "report.md", to_markdown(blocks))
+    atomic_write_text(out_dir / "report.html", to_html(blocks, f"Training report: {results.get('name', '')}"))
     return {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html",
             "plots": {k: out_dir / v for k, v in plots.items()}}
