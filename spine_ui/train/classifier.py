@@ -41,6 +41,7 @@ _log = logging.getLogger(__name__)
 
 
 def read_enhanced(path: str | Path) -> np.ndarray:
+    """A cached enhanced image (uint8 grayscale PNG)."""
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise FileNotFoundError(f"cannot read cached image {path}")
@@ -109,12 +110,14 @@ def make_model(arch: str, pretrained: bool, log: Log = _log.info) -> tuple[nn.Mo
 
 
 def load_model(arch: str, state_path: Path) -> nn.Module:
+    """A timm classifier with the state dict at ``state_path``, in eval mode on the CPU."""
     model = build_classifier(arch, pretrained=False)
     model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -125,6 +128,7 @@ def resolve_device(device: str) -> torch.device:
 # --------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
+    """What one ``fit`` run did (stored in the unit's ``done.json``)."""
     arch: str
     best_epoch: int  # 1-based
     best_score: float  # validation AUROC (or -loss when the validation set holds one class); NaN without val
@@ -136,6 +140,7 @@ class FitResult:
     criterion: str = "auroc"
 
     def to_json(self) -> dict:
+        """JSON-safe dict of the fields."""
         return asdict(self)
 
 

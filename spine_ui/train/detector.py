@@ -74,6 +74,7 @@ def repeat_factors(classes_per_image: Sequence[set[int]], nc: int, max_repeat: i
 
 
 def write_list(path: Path, image_paths: Sequence[Path], repeats: Sequence[int] | None = None) -> Path:
+    """An ultralytics image list file, each image repeated ``repeats[i]`` times (duplicates are kept)."""
     lines = []
     for i, p in enumerate(image_paths):
         lines += [str(Path(p).resolve())] * (1 if repeats is None else int(repeats[i]))

@@ -58,14 +58,17 @@ class Box:
 
     @property
     def area(self) -> float:
+        """Box area in pixels (0 when degenerate)."""
         return max(0.0, self.xmax - self.xmin) * max(0.0, self.ymax - self.ymin)
 
     def scaled(self, sx: float, sy: float) -> "Box":
+        """The box with x scaled by ``sx`` and y by ``sy``."""
         return Box(self.label, self.xmin * sx, self.ymin * sy, self.xmax * sx, self.ymax * sy, self.rad_id)
 
 
 @dataclass
 class ImageRecord:
+    """One image of an annotation CSV with its (merged) lesion boxes."""
     image_id: str
     study_id: str
     series_id: str
@@ -218,6 +221,7 @@ def read_labels(path: str | os.PathLike, width: int, height: int) -> list[Box]:
 # --------------------------------------------------------------------------- cache
 @dataclass(frozen=True)
 class CacheRow:
+    """One ``index.csv`` row: ids, label, working and original image sizes, box count."""
     image_id: str
     study_id: str
     abnormal: bool
@@ -242,9 +246,11 @@ class CacheIndex:
         return len(self.rows)
 
     def image_path(self, image_id: str) -> Path:
+        """The cached enhanced PNG of ``image_id``."""
         return self.root / "images" / f"{image_id}.png"
 
     def label_path(self, image_id: str) -> Path:
+        """The YOLO label file of ``image_id``."""
         return self.root / "labels" / f"{image_id}.txt"
 
 
