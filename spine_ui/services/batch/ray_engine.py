@@ -18,9 +18,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,10 +63,30 @@ def start_local_cluster(num_cpus: int, object_store_mb: int = 512):
     ray_constants.ENABLE_RAY_CLUSTER = False  # read per call; the env switch only counts before ray's import
     root = str(Path(__file__).resolve().parents[3])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=max(1, int(num_cpus)), include_dashboard=False,
-             _node_ip_address="127.0.0.1", object_store_memory=max(78, int(object_store_mb)) * 2 ** 20, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    with _local_provider_home():
+        ray.init(address="local", num_cpus=max(1, int(num_cpus)), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", object_store_memory=max(78, int(object_store_mb)) * 2 ** 20,
+                 log_to_driver=False, configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     return ray
+
+
+@contextlib.contextmanager
+def _local_provider_home():
+    """Ray's dashboard process (started even with the dashboard off) reads ``~/ray_bootstrap_config.yaml`` and,
+    when there is none, asks the cloud metadata servers (169.254.169.254, metadata.google.internal) which cloud
+    it runs on. A local cluster says so in that file instead: the processes ``ray.init`` spawns see a private
+    HOME holding ``provider: {type: local}``, so nothing leaves 127.0.0.1. The driver's HOME is restored."""
+    home = Path(tempfile.mkdtemp(prefix="spine-ray-home-"))
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old
 
 
 # --------------------------------------------------------------------------- remote side
