@@ -113,6 +113,29 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The inference scheduler (``spine_ui.services.scheduler``): one worker, interactive before explain.
+
+    ``lime_batch`` (0: the bundle's ``explain.lime_batch``) bounds how long an interactive task can wait behind
+    LIME: one batch of that many perturbations. ``max_interactive`` / ``max_explain`` bound the queued tasks
+    per lane; beyond them a submit is refused with ``SchedulerBusyError``."""
+
+    workers: int = 1  # inference threads taking tasks; each runtime call itself uses all cores
+    lime_batch: int = 0
+    max_interactive: int = 256
+    max_explain: int = 256
+
+    @classmethod
+    def from_env(cls) -> "SchedulerConfig":
+        return cls(
+            workers=max(1, int(os.environ.get("SPINE_SCHED_WORKERS", "1"))),
+            lime_batch=int(os.environ.get("SPINE_LIME_BATCH", "0")),
+            max_interactive=int(os.environ.get("SPINE_SCHED_MAX_INTERACTIVE", "256")),
+            max_explain=int(os.environ.get("SPINE_SCHED_MAX_EXPLAIN", "256")),
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where models run. ``SPINE_RUNTIME`` = onnx | torch overrides the automatic choice."""
 
