@@ -137,9 +137,11 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where models run. ``SPINE_RUNTIME`` = onnx | torch overrides the automatic choice."""
+    """Where models run. ``SPINE_RUNTIME`` = onnx | openvino | torch overrides the automatic choice;
+    ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it)."""
 
     runtime: str = "auto"
+    lime_precision: str = "auto"
     threads: int = 0  # 0: all cores
     models_dir: Path = Path("models")
     bundle_name: str = "untrained"
@@ -149,6 +151,7 @@ class RuntimeConfig:
     def from_env(cls) -> "RuntimeConfig":
         return cls(
             runtime=os.environ.get("SPINE_RUNTIME", "auto").lower(),
+            lime_precision=os.environ.get("SPINE_LIME_PRECISION", "auto").lower(),
             threads=int(os.environ.get("SPINE_THREADS", "0")),
             models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
             bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),
