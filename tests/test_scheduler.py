@@ -172,3 +172,21 @@ def test_queue_limit_and_close():
     with pytest.raises(SchedulerClosedError):
         s.submit(lambda: 4)
     assert waiting.done()  # run before the close or cancelled by it; never left hanging
+
+
+def test_session_tokens_replace_and_close():
+    from spine_ui.services.scheduler.sessions import SessionTokens
+
+    tokens = SessionTokens(size=2)
+    a = tokens.open("s1", "study-a")
+    assert tokens.open("s1", "study-a") is a  # the same study keeps its token (LIME after the first answer)
+    b = tokens.open("s1", "study-b")  # a new upload in the same session
+    assert a.cancelled and a.reason == "replaced" and not b.cancelled
+    other = tokens.open("s2", "study-a")
+    assert not other.cancelled  # sessions are independent
+    tokens.close("s1")
+    assert b.cancelled and b.reason == "closed" and len(tokens) == 1
+    tokens.open("s3", "x")
+    tokens.open("s4", "y")  # bounded: the oldest session's token is cancelled when it is dropped
+    assert other.cancelled and len(tokens) == 2
+    assert not tokens.open(None, "k").cancelled  # API calls have no session

@@ -150,6 +150,14 @@ class Scheduler:
             return fn()
         return self.submit(fn, lane, token).result(timeout)
 
+    def interactive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the first-answer lane (the Analyzer's ``Scheduling`` protocol)."""
+        return self.call(fn, Lane.INTERACTIVE)
+
+    def explain(self, fn: Callable[[], T], token: CancelToken | None = None) -> T:
+        """Run ``fn`` on the explanation lane, stopped by ``token``."""
+        return self.call(fn, Lane.EXPLAIN, token)
+
     def on_worker(self) -> bool:
         return threading.get_ident() in self._worker_ids
 
