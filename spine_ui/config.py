@@ -124,6 +124,7 @@ class SchedulerConfig:
     lime_batch: int = 0
     max_interactive: int = 256
     max_explain: int = 256
+    ui_concurrency: int = 32  # gradio events that may wait on the scheduler at once (it orders them, not gradio)
 
     @classmethod
     def from_env(cls) -> "SchedulerConfig":
@@ -132,6 +133,7 @@ class SchedulerConfig:
             lime_batch=int(os.environ.get("SPINE_LIME_BATCH", "0")),
             max_interactive=int(os.environ.get("SPINE_SCHED_MAX_INTERACTIVE", "256")),
             max_explain=int(os.environ.get("SPINE_SCHED_MAX_EXPLAIN", "256")),
+            ui_concurrency=max(1, int(os.environ.get("SPINE_UI_CONCURRENCY", "32"))),
         )
 
 
