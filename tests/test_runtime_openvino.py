@@ -68,3 +68,20 @@ def test_bf16_lime_runner_close_and_deterministic(small_bundle_dir, enhanced):
     r2 = explain_lime(enhanced, bf16, n_samples=32)
     assert np.array_equal(r1.superpixel_weights, r2.superpixel_weights)  # deterministic per seed and precision
     assert r1.superpixel_weights is not None and np.abs(r1.superpixel_weights).sum() > 0
+
+
+def test_openvino_makes_no_network_attempt(tmp_path, small_bundle_dir):
+    """``import openvino`` sends a telemetry event unless spine_ui's environment set-up blocks it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "net.log"
+    code = ("import spine_ui, openvino as ov; from spine_ui.bundle.runtime import OpenVinoClassifier, cpu_has_bf16; "
+            f"cpu_has_bf16(); OpenVinoClassifier({str(small_bundle_dir / 'resnet50.onnx')!r}, 1, 'bf16')")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'tests' / 'support'}{os.pathsep}{root}", "SPINE_NET_LOG": str(log)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not log.exists() or log.read_text() == ""
