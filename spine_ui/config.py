@@ -126,6 +126,7 @@ class SchedulerConfig:
     max_interactive: int = 256
     max_explain: int = 256
     ui_concurrency: int = 32  # gradio events that may wait on the scheduler at once (it orders them, not gradio)
+    hold_s: float = 30.0  # a first answer in progress keeps LIME batches waiting at most this long
 
     @classmethod
     def from_env(cls) -> "SchedulerConfig":
@@ -135,16 +136,19 @@ class SchedulerConfig:
             max_interactive=int(os.environ.get("SPINE_SCHED_MAX_INTERACTIVE", "256")),
             max_explain=int(os.environ.get("SPINE_SCHED_MAX_EXPLAIN", "256")),
             ui_concurrency=max(1, int(os.environ.get("SPINE_UI_CONCURRENCY", "32"))),
+            hold_s=float(os.environ.get("SPINE_SCHED_HOLD_S", "30")),
         )
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where models run. ``SPINE_RUNTIME`` = onnx | openvino | torch overrides the automatic choice;
-    ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it)."""
+    ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it);
+    ``SPINE_DECISION_PRECISION`` = fp32 (default) | bf16 the triage and detection precision (opt-in, OpenVINO)."""
 
     runtime: str = "auto"
     lime_precision: str = "auto"
+    decision_precision: str = "fp32"
     threads: int = 0  # 0: all cores
     models_dir: Path = Path("models")
     bundle_name: str = "untrained"
@@ -155,6 +159,7 @@ class RuntimeConfig:
         return cls(
             runtime=os.environ.get("SPINE_RUNTIME", "auto").lower(),
             lime_precision=os.environ.get("SPINE_LIME_PRECISION", "auto").lower(),
+            decision_precision=os.environ.get("SPINE_DECISION_PRECISION", "fp32").lower(),
             threads=int(os.environ.get("SPINE_THREADS", "0")),
             models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
             bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),

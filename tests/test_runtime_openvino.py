@@ -85,3 +85,19 @@ def test_openvino_makes_no_network_attempt(tmp_path, small_bundle_dir):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not log.exists() or log.read_text() == ""
+
+
+def test_decision_path_bf16_is_opt_in(small_bundle_dir, enhanced, monkeypatch):
+    assert choose_runtime("onnx").precision == "fp32" and RuntimeConfig().decision_precision == "fp32"
+    info = choose_runtime("onnx", decision_precision="bf16", lime_precision="bf16")
+    assert (info.kind, info.precision, info.label) == ("openvino", "bf16", "CPU OpenVINO bf16")
+    with pytest.raises(BundleError):
+        choose_runtime("onnx", decision_precision="int8")
+    monkeypatch.setenv("SPINE_DECISION_PRECISION", "bf16")
+    assert RuntimeConfig.from_env().decision_precision == "bf16"
+    forget_bundles()
+    ref = run_triage(enhanced, open_bundle(small_bundle_dir, "onnx"))
+    low_bundle = open_bundle(small_bundle_dir, "onnx", lime_precision="bf16", decision_precision="bf16")
+    assert low_bundle.lime_classifier("resnet50") is low_bundle.classifier("resnet50")  # one compiled model
+    low = run_triage(enhanced, low_bundle)
+    assert abs(low.probability - ref.probability) < 0.05  # random weights: close, not equal

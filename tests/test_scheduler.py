@@ -190,3 +190,24 @@ def test_session_tokens_replace_and_close():
     tokens.open("s4", "y")  # bounded: the oldest session's token is cancelled when it is dropped
     assert other.cancelled and len(tokens) == 2
     assert not tokens.open(None, "k").cancelled  # API calls have no session
+
+
+def test_hold_keeps_explain_waiting_between_interactive_tasks():
+    """A first answer is several tasks; while it holds, a queued LIME batch does not slip in between them."""
+    s = Scheduler(SchedulerConfig(hold_s=5.0))
+    order: list[str] = []
+    try:
+        with s.hold():
+            s.call(lambda: order.append("decode"))
+            batch = s.submit(lambda: order.append("lime batch"), Lane.EXPLAIN)
+            time.sleep(0.1)  # the worker is idle, yet the batch waits for the hold
+            s.call(lambda: order.append("triage"))
+        batch.result(5)
+        assert order == ["decode", "triage", "lime batch"]
+        expired = Scheduler(SchedulerConfig(hold_s=0.05))
+        with expired.hold():  # an abandoned hold lapses: LIME is never starved
+            assert expired.call(lambda: "ran", Lane.EXPLAIN) == "ran"
+        expired.close()
+        assert s.submitted()[Lane.EXPLAIN] == 1 and s.submitted()[Lane.INTERACTIVE] == 2
+    finally:
+        s.close()

@@ -7,6 +7,8 @@
 
 LIME's perturbation scoring has its own precision (``SPINE_LIME_PRECISION=auto|bf16|fp32``): ``auto`` is
 bf16 through OpenVINO on a CPU that reports BF16 (AVX512-BF16 / AMX), else fp32 on the serving runtime.
+The decision path stays fp32 unless ``SPINE_DECISION_PRECISION=bf16`` (OpenVINO bf16 for triage and detection;
+check the bundle's |dP| first with ``benchmarks/lime_precision.py --trained BUNDLE``).
 """
 from __future__ import annotations
 
@@ -37,11 +39,14 @@ class RuntimeInfo:
     device: str  # "cpu" | "cuda"
     threads: int
     lime_precision: str = "fp32"  # "bf16": LIME scored by OpenVINO at bf16; "fp32": on ``kind``
+    precision: str = "fp32"  # the decision path's (triage, detection): "bf16" only on OpenVINO, opt-in
 
     @property
     def label(self) -> str:
-        return "GPU torch (CUDA)" if self.device == "cuda" else (
-            {"onnx": "CPU onnxruntime", "openvino": "CPU OpenVINO"}.get(self.kind, "CPU torch"))
+        if self.device == "cuda":
+            return "GPU torch (CUDA)"
+        name = {"onnx": "CPU onnxruntime", "openvino": "CPU OpenVINO"}.get(self.kind, "CPU torch")
+        return f"{name} bf16" if self.precision == "bf16" else name
 
 
 def cuda_available() -> bool:
@@ -74,9 +79,13 @@ def choose_lime_precision(requested: str, device: str) -> str:
     return "fp32"
 
 
-def choose_runtime(requested: str = "auto", threads: int = 0, lime_precision: str = "fp32") -> RuntimeInfo:
+def choose_runtime(requested: str = "auto", threads: int = 0, lime_precision: str = "fp32",
+                   decision_precision: str = "fp32") -> RuntimeInfo:
     """The serving runtime (``auto``: torch on CUDA, else onnx) and LIME's precision (``auto``: bf16 where the
-    CPU has it). The default ``fp32`` keeps LIME on the serving runtime, as before."""
+    CPU has it). The default ``fp32`` keeps LIME on the serving runtime, as before. ``decision_precision``
+    ``bf16`` serves triage and detection with OpenVINO at bf16 on the CPU (opt-in)."""
+    if (decision_precision or "fp32").lower() not in ("fp32", "bf16"):
+        raise BundleError(f"Unknown decision precision {decision_precision!r}: use fp32 or bf16.")
     requested = (requested or "auto").lower()
     if requested not in ("auto", *CLASSIFIER_RUNNERS, "torch"):
         raise BundleError(f"Unknown runtime {requested!r}: use onnx, openvino, torch or auto.")
@@ -84,6 +93,8 @@ def choose_runtime(requested: str = "auto", threads: int = 0, lime_precision: st
     gpu = cuda_available()
     if requested in CLASSIFIER_RUNNERS or (requested == "auto" and not gpu):
         kind = "onnx" if requested == "auto" else requested
+        if decision_precision.lower() == "bf16":
+            return RuntimeInfo("openvino", "cpu", threads, choose_lime_precision(lime_precision, "cpu"), "bf16")
         return RuntimeInfo(kind, "cpu", threads, choose_lime_precision(lime_precision, "cpu"))
     device = "cuda" if gpu else "cpu"
     return RuntimeInfo("torch", device, threads, choose_lime_precision(lime_precision, device))

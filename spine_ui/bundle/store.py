@@ -93,11 +93,12 @@ class Bundle:
 
     def _make_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
         if self.runtime.kind in CLASSIFIER_RUNNERS:
-            return CLASSIFIER_RUNNERS[self.runtime.kind](self._file(entry.onnx), self.runtime.threads, "fp32")
+            return CLASSIFIER_RUNNERS[self.runtime.kind](self._file(entry.onnx), self.runtime.threads,
+                                                         self.runtime.precision)
         return TorchClassifier(entry.arch, self._file(entry.torch), self.runtime.device)
 
     def _make_lime_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
-        if self.runtime.lime_precision == "bf16":
+        if self.runtime.lime_precision == "bf16" and self.runtime.precision != "bf16":
             return CLASSIFIER_RUNNERS["openvino"](self._file(entry.onnx), self.runtime.threads, "bf16")
         return self.classifier(entry.arch)
 
@@ -108,7 +109,8 @@ class Bundle:
         det = self.manifest.detector
         assert det is not None
         if self.runtime.kind in DETECTOR_RUNNERS:
-            return DETECTOR_RUNNERS[self.runtime.kind](self._file(det.onnx), self.runtime.threads, "fp32")
+            return DETECTOR_RUNNERS[self.runtime.kind](self._file(det.onnx), self.runtime.threads,
+                                                       self.runtime.precision)
         import yaml
 
         from spine_ui._env import restore_threads
@@ -125,16 +127,18 @@ class Bundle:
         return FeatureOOD.load(self._file(self.manifest.ood["file"]))
 
 
-_CACHE: dict[tuple[str, str, str, str], Bundle] = {}
+_CACHE: dict[tuple[str, str, str, str, str], Bundle] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0, lime_precision: str = "fp32") -> Bundle:
+def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0, lime_precision: str = "fp32",
+                decision_precision: str = "fp32") -> Bundle:
     """Open (or reuse) the bundle at ``path``. Raises BundleError / BundleIntegrityError.
 
-    ``lime_precision`` (auto | bf16 | fp32) picks how LIME scores perturbations; see ``bundle.runtime``."""
-    info = choose_runtime(runtime, threads, lime_precision)
-    key = (str(Path(path).resolve()), info.kind, info.device, info.lime_precision)
+    ``lime_precision`` (auto | bf16 | fp32) picks how LIME scores perturbations, ``decision_precision``
+    (fp32 | bf16) how triage and detection run; see ``bundle.runtime``."""
+    info = choose_runtime(runtime, threads, lime_precision, decision_precision)
+    key = (str(Path(path).resolve()), info.kind, info.device, info.lime_precision, info.precision)
     with _CACHE_LOCK:
         if key not in _CACHE:
             if not Path(path).is_dir():

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -41,6 +42,9 @@ class Scheduling(Protocol):
 
     def explain(self, fn: Callable[[], T], token: Any = None) -> T:
         """Run ``fn`` on the explanation lane; raises ``TaskCancelledError`` once ``token`` is cancelled."""
+
+    def hold(self) -> ContextManager[None]:
+        """While inside (one first answer, between its tasks), explanation tasks wait."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ class Analyzer:
     def _interactive(self, fn: Callable[[], T]) -> T:
         return self.scheduler.interactive(fn) if self.scheduler is not None else fn()
 
+    def _hold(self) -> ContextManager[None]:
+        return self.scheduler.hold() if self.scheduler is not None else nullcontext()
+
     # --- stages -------------------------------------------------------------------------------------------
     def cached(self, key: str | None) -> Analysis | None:
         """The analysis held for this content hash, if the cache still has it."""
@@ -208,18 +215,19 @@ class Analyzer:
         """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive. ``source``
         may be an analysis already loaded (a follow-up action on a cached study): nothing done is redone.
         ``token`` (a scheduler cancel token) stops LIME when the study is replaced or closed."""
-        a = source if isinstance(source, Analysis) else self.load(source, filename)
-        yield "gate", a
-        if not a.accepted:
-            return
-        self.triage(a, tta=options.tta)
-        yield "triage", a
-        if not a.accepted:  # rejected by the feature-space layer
-            return
-        self.detect(a, options.detect)
-        explain = a.abnormal or options.explain_normal
-        if options.gradcam and explain:
-            self.gradcam(a)
+        with self._hold():  # one first answer: no explanation batch slips in between its tasks
+            a = source if isinstance(source, Analysis) else self.load(source, filename)
+            yield "gate", a
+            if not a.accepted:
+                return
+            self.triage(a, tta=options.tta)
+            yield "triage", a
+            if not a.accepted:  # rejected by the feature-space layer
+                return
+            self.detect(a, options.detect)
+            explain = a.abnormal or options.explain_normal
+            if options.gradcam and explain:
+                self.gradcam(a)
         yield "detect", a
         if options.lime and explain:
             self.lime(a, options.lime_samples, progress, token)

@@ -6,6 +6,11 @@ end (no preemption inside a runtime call), so LIME is submitted in small batches
 waits at most one batch. Each runtime call already uses every core (intra-op threads = cores), so the
 default pool has ONE worker thread: cores are never shared by two competing model calls.
 
+A first answer is several tasks (decode, triage, detection, Grad-CAM) submitted one after another by the
+request's thread; between two of them the worker would otherwise take the next LIME batch. ``hold()`` marks a
+first answer in progress: while any hold is live, explain tasks wait (each hold lapses after
+``SchedulerConfig.hold_s``, so an abandoned one cannot starve LIME).
+
 A :class:`CancelToken` stops queued work (a LIME run whose study was closed or replaced); a task's
 exception reaches only the caller waiting on its :class:`TaskHandle`, and the worker keeps serving.
 """
@@ -14,10 +19,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 from concurrent.futures import CancelledError, Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from spine_ui.config import SchedulerConfig
 from spine_ui.errors import SchedulerBusyError, SchedulerClosedError, TaskCancelledError
@@ -111,6 +118,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._queued = {Lane.INTERACTIVE: 0, Lane.EXPLAIN: 0}
+        self._submitted = {Lane.INTERACTIVE: 0, Lane.EXPLAIN: 0}
+        self._holds: dict[int, float] = {}  # hold id -> monotonic deadline
         self._closed = False
         self._workers = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(max(1, cfg.workers))]
@@ -135,6 +144,7 @@ class Scheduler:
             if self._queued[lane] >= limit:
                 raise SchedulerBusyError()
             self._queued[lane] += 1
+            self._submitted[lane] += 1
             heapq.heappush(self._heap, _Task(int(lane), next(self._seq), fn, future, token))
             self._cond.notify()
         if token is not None:
@@ -157,6 +167,24 @@ class Scheduler:
     def explain(self, fn: Callable[[], T], token: CancelToken | None = None) -> T:
         """Run ``fn`` on the explanation lane, stopped by ``token``."""
         return self.call(fn, Lane.EXPLAIN, token)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """While inside, explain tasks wait (a first answer between its tasks); lapses after ``cfg.hold_s``."""
+        with self._cond:
+            hid = next(self._seq)
+            self._holds[hid] = time.monotonic() + self.cfg.hold_s
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds.pop(hid, None)
+                self._cond.notify_all()
+
+    def submitted(self) -> dict[Lane, int]:
+        """Tasks accepted since start, per lane."""
+        with self._cond:
+            return dict(self._submitted)
 
     def on_worker(self) -> bool:
         return threading.get_ident() in self._worker_ids
@@ -188,12 +216,24 @@ class Scheduler:
         self.close()
 
     # --- worker -------------------------------------------------------------------------------------------
+    def _held_until(self) -> float | None:
+        """The latest deadline of the live holds (expired ones dropped), or None."""
+        now = time.monotonic()
+        for hid in [h for h, d in self._holds.items() if d <= now]:
+            del self._holds[hid]
+        return max(self._holds.values()) if self._holds else None
+
     def _next(self) -> _Task | None:
         with self._cond:
-            while not self._heap and not self._closed:
-                self._cond.wait()
-            if not self._heap:
-                return None
+            while True:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                if not self._heap:
+                    return None
+                until = self._held_until() if self._heap[0].lane == Lane.EXPLAIN and not self._closed else None
+                if until is None:
+                    break
+                self._cond.wait(max(0.001, until - time.monotonic()))
             task = heapq.heappop(self._heap)
             self._queued[Lane(task.lane)] -= 1
             return task
