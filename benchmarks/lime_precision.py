@@ -34,19 +34,6 @@ def studies(n: int, height: int) -> list[np.ndarray]:
             for i in range(n)]
 
 
-class _Bf16Decision:
-    """A bundle view whose decision-path classifiers are the bf16 LIME runners (measurement only)."""
-
-    def __init__(self, bundle) -> None:
-        self._b = bundle
-
-    def __getattr__(self, name):
-        return getattr(self._b, name)
-
-    def classifier(self, arch: str):
-        return self._b.lime_classifier(arch)
-
-
 def lime_agreement(path: Path, images: list[np.ndarray], samples: int | None) -> dict:
     from scipy.stats import spearmanr
 
@@ -90,11 +77,11 @@ def decision_dp(path: Path, images: list[np.ndarray]) -> dict:
     from spine_ui.core.triage import run_triage
 
     fp32 = open_bundle(path, "onnx", lime_precision="fp32")
-    bf16 = _Bf16Decision(open_bundle(path, "onnx", lime_precision="bf16"))
+    bf16 = open_bundle(path, "onnx", lime_precision="bf16", decision_precision="bf16")
     dps, flips = [], 0
     for img in images:
         e = enhance(img, fp32.manifest.preprocess)
-        a, b = run_triage(e, fp32), run_triage(e, bf16)  # type: ignore[arg-type]
+        a, b = run_triage(e, fp32), run_triage(e, bf16)
         dps.append(abs(a.probability - b.probability))
         flips += int(a.abnormal != b.abnormal)
     return {"bundle": fp32.manifest.name, "trained": fp32.manifest.trained, "studies": len(images),
