@@ -184,6 +184,8 @@ def test_session_tokens_replace_and_close():
     assert a.cancelled and a.reason == "replaced" and not b.cancelled
     other = tokens.open("s2", "study-a")
     assert not other.cancelled  # sessions are independent
+    tokens.close("s1", "study-a")  # closing a study the session already left changes nothing
+    assert not b.cancelled
     tokens.close("s1")
     assert b.cancelled and b.reason == "closed" and len(tokens) == 1
     tokens.open("s3", "x")

@@ -127,18 +127,15 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         def ui_lime(key, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
             yield from to_components(ui.on_lime(key, always_v, samples_v, False, progress, session(request)))
 
-        def ui_drop(request: gr.Request) -> None:  # the upload was cleared: stop its LIME
-            ui.close_session(session(request))
-
-        def wl_drop(request: gr.Request) -> None:  # another worklist study opened: stop the previous one's LIME
-            ui.close_session(session(request, "worklist"))
+        def ui_drop(key, request: gr.Request) -> None:  # the upload was cleared: stop that study's LIME
+            ui.close_session(session(request), key)
 
         # --- single study
         lime_inputs = [c["state"], always, samples]
         run_upload = upload.change(ui_upload, [upload, always, samples], outputs, show_progress_on=[c["triage"]],
                                    **common)
         lime_upload = run_upload.then(ui_lime, lime_inputs, outputs, show_progress_on=[c["lime"]], **common)
-        upload.clear(ui_drop, None, None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
+        upload.clear(ui_drop, [c["state"]], None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
                      api_visibility="private", queue=False)
 
         # --- worklist
@@ -186,9 +183,10 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         ]
         lime_runs = [ev.then(wl_lime, wl_lime_inputs, [w[name] for name in OUTPUTS],
                              show_progress_on=[w["lime"]], **common) for ev in opened]
-        # Opening another study (or a new upload) drops the explanations still running for the previous one.
-        gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, w["wl_files"].upload], wl_drop, None,
-              None, cancels=lime_runs + followups, queue=False, **private)
+        # Opening another study (or a new upload) drops the explanations still running for the previous one
+        # (gradio's events here; the LIME itself stops when the next study's LIME replaces its session token).
+        gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, w["wl_files"].upload], None, None,
+              None, cancels=lime_runs + followups, **private)
         w["wl_save"].click(wl_review, [w["wl_id"], w["wl_pos"], w["wl_review"], w["wl_comment"]], wl_outputs,
                            show_progress="minimal", **view)
 

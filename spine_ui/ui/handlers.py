@@ -189,9 +189,9 @@ class SpineUI:
         if not produced:
             yield dict(NOTHING)
 
-    def close_session(self, session: str | None) -> None:
-        """The session's page closed or cleared its study: stop its LIME."""
-        self.tokens.close(session)
+    def close_session(self, session: str | None, key: str | None = None) -> None:
+        """The session's page closed (or cleared study ``key``): stop its LIME."""
+        self.tokens.close(session, key)
 
     def on_cam_choice(self, choice: str, key: str | None) -> np.ndarray | None:
         source = self.source(key)

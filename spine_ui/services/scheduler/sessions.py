@@ -36,12 +36,16 @@ class SessionTokens:
             old.cancel("replaced")
         return token
 
-    def close(self, session: str | None) -> None:
-        """The session ended (tab closed, client gone): stop its work."""
+    def close(self, session: str | None, study: str | None = None) -> None:
+        """The session ended (tab closed, client gone) or closed ``study``: stop its work. With ``study``, a
+        session already on another study is left alone."""
         if not session:
             return
         with self._lock:
-            current = self._live.pop(session, None)
+            current = self._live.get(session)
+            if current is None or (study is not None and current[0] != study):
+                return
+            del self._live[session]
         if current is not None:
             current[1].cancel("closed")
 
