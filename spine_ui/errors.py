@@ -95,3 +95,9 @@ class SchedulerClosedError(SchedulerError):
 
 class TaskCancelledError(SchedulerError):
     default_message = "The explanation was stopped (its study was closed or replaced)."
+
+
+class EngineUnavailableError(SpineUIError):
+    """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
+
+    default_message = "The requested batch engine is not available on this machine."
