@@ -1,7 +1,8 @@
 """Process-wide settings applied before any third-party import: offline by default, no telemetry.
 
 Ultralytics otherwise downloads Arial.ttf and checks for updates; gradio sends analytics; huggingface_hub
-retries a hub it cannot reach. ``SPINE_ONLINE=1`` lets the hub download path try the network.
+retries a hub it cannot reach; ``import openvino`` sends a Google Analytics event through openvino_telemetry
+unless that package cannot be imported (OpenVINO then uses its own no-op stub). ``SPINE_ONLINE=1`` lets the hub download path try the network.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def configure() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     if os.environ.get("SPINE_ONLINE") != "1":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  (ImportError -> OpenVINO's stub)
     cfg = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(CACHE_DIR / "ultralytics")))
     _place_fonts(cfg / "Ultralytics")
 

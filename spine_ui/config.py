@@ -113,10 +113,42 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The inference scheduler (``spine_ui.services.scheduler``): one worker, interactive before explain.
+
+    ``lime_batch`` (0: the bundle's ``explain.lime_batch``) bounds how long an interactive task can wait behind
+    LIME: one batch of that many perturbations (8: ~0.35 s at bf16 on 2 cores; per-sample cost is flat from 8
+    to 32 on OpenVINO, measured). ``max_interactive`` / ``max_explain`` bound the queued tasks
+    per lane; beyond them a submit is refused with ``SchedulerBusyError``."""
+
+    workers: int = 1  # inference threads taking tasks; each runtime call itself uses all cores
+    lime_batch: int = 8
+    max_interactive: int = 256
+    max_explain: int = 256
+    ui_concurrency: int = 32  # gradio events that may wait on the scheduler at once (it orders them, not gradio)
+    hold_s: float = 30.0  # a first answer in progress keeps LIME batches waiting at most this long
+
+    @classmethod
+    def from_env(cls) -> "SchedulerConfig":
+        return cls(
+            workers=max(1, int(os.environ.get("SPINE_SCHED_WORKERS", "1"))),
+            lime_batch=int(os.environ.get("SPINE_LIME_BATCH", "8")),
+            max_interactive=int(os.environ.get("SPINE_SCHED_MAX_INTERACTIVE", "256")),
+            max_explain=int(os.environ.get("SPINE_SCHED_MAX_EXPLAIN", "256")),
+            ui_concurrency=max(1, int(os.environ.get("SPINE_UI_CONCURRENCY", "32"))),
+            hold_s=float(os.environ.get("SPINE_SCHED_HOLD_S", "30")),
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
-    """Where models run. ``SPINE_RUNTIME`` = onnx | torch overrides the automatic choice."""
+    """Where models run. ``SPINE_RUNTIME`` = onnx | openvino | torch overrides the automatic choice;
+    ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it);
+    ``SPINE_DECISION_PRECISION`` = fp32 (default) | bf16 the triage and detection precision (opt-in, OpenVINO)."""
 
     runtime: str = "auto"
+    lime_precision: str = "auto"
+    decision_precision: str = "fp32"
     threads: int = 0  # 0: all cores
     models_dir: Path = Path("models")
     bundle_name: str = "untrained"
@@ -126,6 +158,8 @@ class RuntimeConfig:
     def from_env(cls) -> "RuntimeConfig":
         return cls(
             runtime=os.environ.get("SPINE_RUNTIME", "auto").lower(),
+            lime_precision=os.environ.get("SPINE_LIME_PRECISION", "auto").lower(),
+            decision_precision=os.environ.get("SPINE_DECISION_PRECISION", "fp32").lower(),
             threads=int(os.environ.get("SPINE_THREADS", "0")),
             models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
             bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),

@@ -79,6 +79,24 @@ class HubUnavailableError(BundleError):
     default_message = "The model hub is not reachable (offline); using local bundles only."
 
 
+class SchedulerError(SpineUIError):
+    """The inference scheduler could not run a task."""
+
+    default_message = "The analysis could not be scheduled."
+
+
+class SchedulerBusyError(SchedulerError):
+    default_message = "The server is busy (too many analyses are waiting): try again in a minute."
+
+
+class SchedulerClosedError(SchedulerError):
+    default_message = "The server is shutting down: try again in a minute."
+
+
+class TaskCancelledError(SchedulerError):
+    default_message = "The explanation was stopped (its study was closed or replaced)."
+
+
 class EngineUnavailableError(SpineUIError):
     """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
 

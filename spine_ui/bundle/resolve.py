@@ -54,4 +54,5 @@ def locate(cfg: RuntimeConfig, create_untrained: bool = True) -> Path:
 def load_default(cfg: RuntimeConfig | None = None, create_untrained: bool = True) -> Bundle:
     """The bundle named by the environment (``SPINE_BUNDLE``, ``SPINE_MODELS_DIR``, ``SPINE_RUNTIME``)."""
     cfg = cfg or RuntimeConfig.from_env()
-    return open_bundle(locate(cfg, create_untrained), cfg.runtime, cfg.threads)
+    return open_bundle(locate(cfg, create_untrained), cfg.runtime, cfg.threads, cfg.lime_precision,
+                       cfg.decision_precision)

@@ -10,8 +10,8 @@ import numpy as np
 
 from spine_ui.errors import BundleError
 from spine_ui.bundle.manifest import ClassifierEntry, Manifest, read_manifest, verify
-from spine_ui.bundle.runtime import (ClassifierRunner, DetectorRunner, Lazy, OnnxClassifier, OnnxDetector, RuntimeInfo,
-                      TorchClassifier, TorchDetector, choose_runtime)
+from spine_ui.bundle.runtime import (CLASSIFIER_RUNNERS, DETECTOR_RUNNERS, ClassifierRunner, DetectorRunner, Lazy,
+                                    RuntimeInfo, TorchClassifier, TorchDetector, choose_runtime)
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Bundle:
         self.runtime = runtime
         self.heads = {c.arch: self._read_head(c) for c in self.manifest.classifiers}
         self._classifiers = {c.arch: Lazy(lambda c=c: self._make_classifier(c)) for c in self.manifest.classifiers}
+        self._lime_classifiers = {c.arch: Lazy(lambda c=c: self._make_lime_classifier(c))
+                                  for c in self.manifest.classifiers}
         self._torch_classifiers = {c.arch: Lazy(lambda c=c: self._make_torch_classifier(c))
                                    for c in self.manifest.classifiers}
         self._detector = Lazy(self._make_detector)
@@ -52,6 +54,11 @@ class Bundle:
         """The runner for ``arch``; it accepts any input size (batch and spatial axes are dynamic)."""
         return self._classifiers[arch].get()
 
+    def lime_classifier(self, arch: str) -> ClassifierRunner:
+        """The runner that scores LIME perturbations: OpenVINO bf16 when ``runtime.lime_precision`` is bf16,
+        else the serving runner (fp32)."""
+        return self._lime_classifiers[arch].get()
+
     def torch_classifier(self, arch: str) -> TorchClassifier:
         """The eager torch model (for backprop Grad-CAM), whatever the serving runtime is."""
         if self.runtime.kind == "torch":
@@ -68,6 +75,7 @@ class Bundle:
     def warm_up(self) -> None:
         for arch in self._classifiers:
             self.classifier(arch)
+            self.lime_classifier(arch)
         self.detector()
         self.ood()
 
@@ -84,9 +92,15 @@ class Bundle:
             return Head(z["weight"].astype(np.float32), float(z["bias"]))
 
     def _make_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
-        if self.runtime.kind == "onnx":
-            return OnnxClassifier(self._file(entry.onnx), self.runtime.threads)
+        if self.runtime.kind in CLASSIFIER_RUNNERS:
+            return CLASSIFIER_RUNNERS[self.runtime.kind](self._file(entry.onnx), self.runtime.threads,
+                                                         self.runtime.precision)
         return TorchClassifier(entry.arch, self._file(entry.torch), self.runtime.device)
+
+    def _make_lime_classifier(self, entry: ClassifierEntry) -> ClassifierRunner:
+        if self.runtime.lime_precision == "bf16" and self.runtime.precision != "bf16":
+            return CLASSIFIER_RUNNERS["openvino"](self._file(entry.onnx), self.runtime.threads, "bf16")
+        return self.classifier(entry.arch)
 
     def _make_torch_classifier(self, entry: ClassifierEntry) -> TorchClassifier:
         return TorchClassifier(entry.arch, self._file(entry.torch), "cpu")
@@ -94,8 +108,9 @@ class Bundle:
     def _make_detector(self) -> DetectorRunner:
         det = self.manifest.detector
         assert det is not None
-        if self.runtime.kind == "onnx":
-            return OnnxDetector(self._file(det.onnx), self.runtime.threads)
+        if self.runtime.kind in DETECTOR_RUNNERS:
+            return DETECTOR_RUNNERS[self.runtime.kind](self._file(det.onnx), self.runtime.threads,
+                                                       self.runtime.precision)
         import yaml
 
         from spine_ui._env import restore_threads
@@ -112,14 +127,18 @@ class Bundle:
         return FeatureOOD.load(self._file(self.manifest.ood["file"]))
 
 
-_CACHE: dict[tuple[str, str, str], Bundle] = {}
+_CACHE: dict[tuple[str, str, str, str, str], Bundle] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0) -> Bundle:
-    """Open (or reuse) the bundle at ``path``. Raises BundleError / BundleIntegrityError."""
-    info = choose_runtime(runtime, threads)
-    key = (str(Path(path).resolve()), info.kind, info.device)
+def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0, lime_precision: str = "fp32",
+                decision_precision: str = "fp32") -> Bundle:
+    """Open (or reuse) the bundle at ``path``. Raises BundleError / BundleIntegrityError.
+
+    ``lime_precision`` (auto | bf16 | fp32) picks how LIME scores perturbations, ``decision_precision``
+    (fp32 | bf16) how triage and detection run; see ``bundle.runtime``."""
+    info = choose_runtime(runtime, threads, lime_precision, decision_precision)
+    key = (str(Path(path).resolve()), info.kind, info.device, info.lime_precision, info.precision)
     with _CACHE_LOCK:
         if key not in _CACHE:
             if not Path(path).is_dir():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,10 +24,8 @@ def bundle_from_args(args) -> "Bundle":
     cfg = RuntimeConfig.from_env()
     runtime = args.runtime or cfg.runtime
     if args.bundle and Path(args.bundle).is_dir():
-        return open_bundle(Path(args.bundle), runtime, cfg.threads)
-    name = args.bundle or cfg.bundle_name
-    return load_default(RuntimeConfig(runtime=runtime, threads=cfg.threads, models_dir=cfg.models_dir,
-                                      bundle_name=name))
+        return open_bundle(Path(args.bundle), runtime, cfg.threads, cfg.lime_precision, cfg.decision_precision)
+    return load_default(dataclasses.replace(cfg, runtime=runtime, bundle_name=args.bundle or cfg.bundle_name))
 
 
 def cmd_analyze(args) -> int:

@@ -2,6 +2,10 @@
 
 The UI streams ``stages()``; the CLI, benchmark and tests call ``analyze()``. Results are cached per file
 content hash so asking for LIME after triage (or reopening a study) never recomputes earlier stages.
+
+With a ``scheduler`` (``spine_ui.services.scheduler.Scheduler``, the web app's) every stage's computation runs
+on its inference worker: first-answer stages on the interactive lane, LIME in batches on the explain lane,
+stoppable by a cancel token. Without one (the CLI, a single user) stages run inline in the caller's thread.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +30,21 @@ from spine_ui.core.preprocess import enhance
 from spine_ui.lru import LRU
 from spine_ui.core.finding import BundleInfo, Finding, ImageInfo, LimeSummary, MemberProbability
 from spine_ui.core.triage import TriageResult, run_triage
+
+T = TypeVar("T")
+
+
+class Scheduling(Protocol):
+    """What the Analyzer needs from a scheduler (``spine_ui.services.scheduler.Scheduler`` provides it)."""
+
+    def interactive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the first-answer lane and return its value (or raise its exception)."""
+
+    def explain(self, fn: Callable[[], T], token: Any = None) -> T:
+        """Run ``fn`` on the explanation lane; raises ``TaskCancelledError`` once ``token`` is cancelled."""
+
+    def hold(self) -> ContextManager[None]:
+        """While inside (one first answer, between its tasks), explanation tasks wait."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class Analysis:
     lime: LimeResult | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lime_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # LIME never blocks `lock`
 
     @property
     def lesions(self) -> tuple[Lesion, ...] | None:
@@ -99,12 +120,21 @@ class Analyzer:
     """Runs the stages for one bundle; thread-safe, with a small LRU of analyses keyed by content hash."""
 
     def __init__(self, bundle: Bundle, *, gate_cfg: GateConfig = GateConfig(),
-                 decode_cfg: DecodeConfig = DecodeConfig(), cache_size: int = 8) -> None:
+                 decode_cfg: DecodeConfig = DecodeConfig(), cache_size: int = 8,
+                 scheduler: Scheduling | None = None, lime_batch: int | None = None) -> None:
         self.bundle = bundle
         self.gate_cfg = gate_cfg
         self.decode_cfg = decode_cfg
         self.cache_size = cache_size
+        self.scheduler = scheduler
+        self.lime_batch = lime_batch or None  # perturbations per scheduled batch (None: the bundle's)
         self._cache: LRU[str, Analysis] = LRU(cache_size)
+
+    def _interactive(self, fn: Callable[[], T]) -> T:
+        return self.scheduler.interactive(fn) if self.scheduler is not None else fn()
+
+    def _hold(self) -> ContextManager[None]:
+        return self.scheduler.hold() if self.scheduler is not None else nullcontext()
 
     # --- stages -------------------------------------------------------------------------------------------
     def cached(self, key: str | None) -> Analysis | None:
@@ -121,23 +151,31 @@ class Analyzer:
         if cached is not None:
             return cached
         a = Analysis(key=key, bundle=self.bundle)
-        with _timer(a, "decode"):
-            a.study = decode_bytes(data, filename, self.decode_cfg)
-        with _timer(a, "preprocess"):
-            a.enhanced = enhance(a.study.pixels, self.bundle.manifest.preprocess)
-        with _timer(a, "gate"):
-            a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
-        a.study = a.study.without_pixels()  # later stages use the working image; cached analyses stay small
+
+        def compute() -> None:
+            with _timer(a, "decode"):
+                a.study = decode_bytes(data, filename, self.decode_cfg)
+            with _timer(a, "preprocess"):
+                a.enhanced = enhance(a.study.pixels, self.bundle.manifest.preprocess)
+            with _timer(a, "gate"):
+                a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
+            a.study = a.study.without_pixels()  # later stages use the working image; cached analyses stay small
+
+        self._interactive(compute)
         self._cache.put(key, a)
         return a
 
     def triage(self, a: Analysis, tta: bool = True) -> Analysis:
         with a.lock:
             if a.triage is None and a.accepted:
-                with _timer(a, "triage"):
-                    a.triage = run_triage(a.enhanced, self.bundle, tta=tta)
-                with _timer(a, "gate_features"):
-                    a.gate = _with_feature_layer(a.gate, a.triage, self.bundle)
+                def compute() -> None:
+                    with _timer(a, "triage"):
+                        triage = run_triage(a.enhanced, self.bundle, tta=tta)
+                    with _timer(a, "gate_features"):
+                        a.gate = _with_feature_layer(a.gate, triage, self.bundle)
+                    a.triage = triage
+
+                self._interactive(compute)
         return a
 
     def detect(self, a: Analysis, mode: str = "auto") -> Analysis:
@@ -145,47 +183,54 @@ class Analyzer:
             a.abnormal or self.bundle.manifest.detector_config.run == "always"))
         with a.lock:
             if a.detection is None and a.accepted and a.triage is not None and wanted:
-                with _timer(a, "detect"):
-                    a.detection = run_detection(a.enhanced, a.study.shape, self.bundle)
+                a.detection = self._interactive(_timed(a, "detect", lambda: run_detection(
+                    a.enhanced, a.study.shape, self.bundle)))
         return a
 
     def gradcam(self, a: Analysis) -> Analysis:
         with a.lock:
             if a.cam is None and a.accepted and a.triage is not None:
-                with _timer(a, "gradcam"):
-                    a.cam = explain_gradcam(a.triage, self.bundle, a.enhanced)
+                a.cam = self._interactive(_timed(a, "gradcam", lambda: explain_gradcam(
+                    a.triage, self.bundle, a.enhanced)))
         return a
 
     def lime(self, a: Analysis, n_samples: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Analysis:
-        with a.lock:
+             progress: Callable[[int, int], None] | None = None, token: Any = None) -> Analysis:
+        """LIME on the explain lane, one batch per task; ``TaskCancelledError`` when ``token`` is cancelled."""
+        with a.lime_lock:
             stale = a.lime is not None and n_samples is not None and a.lime.n_samples != n_samples
             if (a.lime is None or stale) and a.accepted and a.triage is not None:
+                sched = self.scheduler
+                run_batch = (lambda fn: sched.explain(fn, token)) if sched is not None else None
                 with _timer(a, "lime"):
-                    a.lime = explain_lime(a.enhanced, self.bundle, n_samples=n_samples, progress=progress)
+                    a.lime = explain_lime(a.enhanced, self.bundle, n_samples=n_samples, progress=progress,
+                                          run_batch=run_batch, batch_size=self.lime_batch)
         return a
 
     # --- orchestration ------------------------------------------------------------------------------------
     def stages(self, source: str | Path | bytes | Analysis, filename: str = "",
                options: AnalysisOptions = AnalysisOptions(),
-               progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, Analysis]]:
+               progress: Callable[[int, int], None] | None = None,
+               token: Any = None) -> Iterator[tuple[str, Analysis]]:
         """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive. ``source``
-        may be an analysis already loaded (a follow-up action on a cached study): nothing done is redone."""
-        a = source if isinstance(source, Analysis) else self.load(source, filename)
-        yield "gate", a
-        if not a.accepted:
-            return
-        self.triage(a, tta=options.tta)
-        yield "triage", a
-        if not a.accepted:  # rejected by the feature-space layer
-            return
-        self.detect(a, options.detect)
-        explain = a.abnormal or options.explain_normal
-        if options.gradcam and explain:
-            self.gradcam(a)
+        may be an analysis already loaded (a follow-up action on a cached study): nothing done is redone.
+        ``token`` (a scheduler cancel token) stops LIME when the study is replaced or closed."""
+        with self._hold():  # one first answer: no explanation batch slips in between its tasks
+            a = source if isinstance(source, Analysis) else self.load(source, filename)
+            yield "gate", a
+            if not a.accepted:
+                return
+            self.triage(a, tta=options.tta)
+            yield "triage", a
+            if not a.accepted:  # rejected by the feature-space layer
+                return
+            self.detect(a, options.detect)
+            explain = a.abnormal or options.explain_normal
+            if options.gradcam and explain:
+                self.gradcam(a)
         yield "detect", a
         if options.lime and explain:
-            self.lime(a, options.lime_samples, progress)
+            self.lime(a, options.lime_samples, progress, token)
             yield "lime", a
 
     def analyze(self, source: str | Path | bytes | Analysis, filename: str = "",
@@ -202,6 +247,13 @@ def _with_feature_layer(gate: GateResult, triage: TriageResult, bundle: Bundle) 
     if layer.status == "rejected":
         return GateResult(False, layer.detail, layers)
     return GateResult(gate.accepted, gate.reason, layers)
+
+
+def _timed(a: Analysis, name: str, fn: Callable[[], T]) -> Callable[[], T]:
+    def run() -> T:
+        with _timer(a, name):
+            return fn()
+    return run
 
 
 class _timer:

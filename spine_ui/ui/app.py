@@ -3,6 +3,10 @@
 
 Named API endpoints (``gradio_client``): ``/analyze`` (file -> finding dict: triage, detection, Grad-CAM, no
 LIME) and ``/explain`` (file, LIME samples -> finding dict plus box, Grad-CAM and LIME images).
+
+Model work is ordered by the Analyzer's scheduler (``spine_ui.services.scheduler``): first answers before
+anyone's LIME, one inference worker. gradio's concurrency limits for the analysis events are therefore high
+(``SchedulerConfig.ui_concurrency``): gradio only holds the requests, the scheduler decides what runs.
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ from typing import Any, Iterator
 import gradio as gr
 
 from spine_ui._env import limit_malloc_arenas
-from spine_ui.config import RuntimeConfig, UIConfig
+from spine_ui.config import RuntimeConfig, SchedulerConfig, UIConfig
 from spine_ui.core.pipeline import Analyzer
 from spine_ui.errors import BundleError
+from spine_ui.services.scheduler import Scheduler
 from spine_ui.ui import layout as L
 from spine_ui.ui import render as R
 from spine_ui.ui.examples import ensure_examples
@@ -44,12 +49,16 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
     Analyzer cache of ``cache_size`` studies (default ``UIConfig.cache_studies``), which also bounds a worklist
     so that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size."""
     cfg = UIConfig.from_env()
+    sched_cfg = SchedulerConfig.from_env()
     if analyzer is None:
         from spine_ui.bundle.resolve import load_default
 
         bundle = load_default()
         bundle.warm_up()
         analyzer = Analyzer(bundle, cache_size=cache_size or cfg.cache_studies)
+    if analyzer.scheduler is None:  # the app always orders model work: first answers before explanations
+        analyzer.scheduler = Scheduler(sched_cfg)
+        analyzer.lime_batch = analyzer.lime_batch or sched_cfg.lime_batch or None
     ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg))
     wl = WorklistUI(ui)
     info = ui.info
@@ -78,10 +87,11 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             for out in updates:
                 yield {comps[k]: v for k, v in out.items()}
 
-        def ui_upload(path, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(ui.on_upload(path, always_v, samples_v, progress))
+        def ui_upload(path, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(ui.on_upload(path, always_v, samples_v, progress, session(request)))
 
-        common = dict(api_visibility="private", concurrency_id="analysis")
+        limit = sched_cfg.ui_concurrency
+        common = dict(api_visibility="private", concurrency_id="analysis", concurrency_limit=limit)
 
         def wire_followups(p: dict[str, Any], always_c, samples_c, case: tuple = ()) -> list[Any]:
             """'Explain anyway' (then LIME) and the Grad-CAM map choice of one result panel. ``case``: the
@@ -92,15 +102,17 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
                     yield from to_components(wl.guard(wl_id, pos, ui.on_explain(key, always_v, samples_v,
                                                                                  progress)), p)
 
-                def ui_lime_explain(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
-                    yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, True,
-                                                                             progress)), p)
+                def ui_lime_explain(key, always_v, samples_v, wl_id, pos, request: gr.Request,
+                                    progress=gr.Progress()):
+                    yield from to_components(wl.guard(wl_id, pos, ui.on_lime(
+                        key, always_v, samples_v, True, progress, session(request, "worklist"))), p)
             else:
                 def ui_explain(key, always_v, samples_v, progress=gr.Progress()):
                     yield from to_components(ui.on_explain(key, always_v, samples_v, progress), p)
 
-                def ui_lime_explain(key, always_v, samples_v, progress=gr.Progress()):
-                    yield from to_components(ui.on_lime(key, always_v, samples_v, True, progress), p)
+                def ui_lime_explain(key, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+                    yield from to_components(ui.on_lime(key, always_v, samples_v, True, progress,
+                                                        session(request)), p)
 
             inputs = [p["state"], always_c, samples_c, *case]
             run_explain = p["explain_btn"].click(ui_explain, inputs, p_outputs, show_progress_on=[p["triage"]],
@@ -108,20 +120,23 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             lime_explain = run_explain.then(ui_lime_explain, inputs, p_outputs, show_progress_on=[p["lime"]],
                                             **common)
             p["cam_choice"].input(ui.on_cam_choice, [p["cam_choice"], p["state"]], [p["cam"]],
-                                  api_visibility="private", concurrency_id="view", concurrency_limit=2,
+                                  api_visibility="private", concurrency_id="view", concurrency_limit=limit,
                                   show_progress="minimal")
             return [run_explain, lime_explain]
 
-        def ui_lime(key, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(ui.on_lime(key, always_v, samples_v, False, progress))
+        def ui_lime(key, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(ui.on_lime(key, always_v, samples_v, False, progress, session(request)))
+
+        def ui_drop(key, request: gr.Request) -> None:  # the upload was cleared: stop that study's LIME
+            ui.close_session(session(request), key)
 
         # --- single study
         lime_inputs = [c["state"], always, samples]
         run_upload = upload.change(ui_upload, [upload, always, samples], outputs, show_progress_on=[c["triage"]],
                                    **common)
         lime_upload = run_upload.then(ui_lime, lime_inputs, outputs, show_progress_on=[c["lime"]], **common)
-        upload.clear(None, None, None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
-                     api_visibility="private")
+        upload.clear(ui_drop, [c["state"]], None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
+                     api_visibility="private", queue=False)
 
         # --- worklist
         def wl_upload(paths, always_v, progress=gr.Progress()):
@@ -133,8 +148,9 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         def wl_replace(wl_id):
             return {w[k]: v for k, v in wl.on_replace(wl_id).items()}
 
-        def wl_lime(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
-            yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, False, progress)), w)
+        def wl_lime(key, always_v, samples_v, wl_id, pos, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, False, progress,
+                                                                     session(request, "worklist"))), w)
 
         def wl_select(wl_id, always_v, samples_v, evt: gr.SelectData, progress=gr.Progress()):
             number = (evt.row_value or [None])[0] if evt is not None else None
@@ -157,7 +173,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             wl_upload, [w["wl_files"], w["always"]], wl_outputs, show_progress_on=[w["wl_progress"]],
             concurrency_id="worklist", concurrency_limit=1, **private)
         w["wl_stop"].click(wl_stop, [w["wl_id"]], [w["wl_progress"]], queue=False, **private)
-        view = dict(concurrency_id="view", concurrency_limit=2, **private)
+        view = dict(concurrency_id="view", concurrency_limit=limit, **private)
         case_inputs = [w["wl_id"], w["wl_pos"], w["always"], w["samples"]]
         opened = [
             w["wl_table"].select(wl_select, [w["wl_id"], w["always"], w["samples"]], wl_outputs,
@@ -167,25 +183,38 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         ]
         lime_runs = [ev.then(wl_lime, wl_lime_inputs, [w[name] for name in OUTPUTS],
                              show_progress_on=[w["lime"]], **common) for ev in opened]
-        # Opening another study (or a new upload) drops the explanations still running for the previous one.
+        # Opening another study (or a new upload) drops the explanations still running for the previous one
+        # (gradio's events here; the LIME itself stops when the next study's LIME replaces its session token).
         gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, w["wl_files"].upload], None, None,
               None, cancels=lime_runs + followups, **private)
         w["wl_save"].click(wl_review, [w["wl_id"], w["wl_pos"], w["wl_review"], w["wl_comment"]], wl_outputs,
                            show_progress="minimal", **view)
 
         gr.Button(visible=False).click(ui.api_analyze, [api_file], [api_json], api_name="analyze",
-                                       concurrency_id="analysis")
+                                       concurrency_id="analysis", concurrency_limit=limit)
         gr.Button(visible=False).click(ui.api_explain, [api_file, api_samples],
                                        [api_json, api_boxes, api_cam, api_lime], api_name="explain",
-                                       concurrency_id="analysis")
+                                       concurrency_id="analysis", concurrency_limit=limit)
+
+        def page_closed(request: gr.Request) -> None:  # the page closed or the client left: stop its LIME
+            ui.close_session(session(request))
+            ui.close_session(session(request, "worklist"))
+
+        demo.unload(page_closed)
 
     ui.keep = lambda: set(upload.keep_in_cache)
-    demo.queue(default_concurrency_limit=1, max_size=64)  # >= 20 concurrent users waiting (load test), bounded
+    demo.queue(default_concurrency_limit=1, max_size=max(64, 2 * limit))  # bounded; >= 20 users (load test)
     demo.spine = ui  # type: ignore[attr-defined]  (tests call the handlers directly)
     demo.spine_worklist = wl  # type: ignore[attr-defined]
     demo.spine_components = c  # type: ignore[attr-defined]
     demo.spine_worklist_components = w  # type: ignore[attr-defined]
     return demo
+
+
+def session(request: gr.Request | None, tab: str = "single") -> str | None:
+    """The key of one tab of one browser session (None for calls without a session)."""
+    sid = getattr(request, "session_hash", None) if request is not None else None
+    return f"{sid}/{tab}" if sid else None
 
 
 def main() -> None:

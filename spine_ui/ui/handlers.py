@@ -6,6 +6,10 @@ Each upload is read into memory and gradio's temporary copy is deleted straight 
 stage (triage first, then boxes + Grad-CAM, LIME last). Rejected and unreadable files end in an error panel with
 a plain-language reason, never in an exception. Follow-up actions (explain anyway, LIME, Grad-CAM map choice)
 address the cached analysis by its key (the content hash).
+
+Model work runs on the Analyzer's scheduler (when it has one, as the web app's does): first answers before
+anyone's LIME. A browser session's LIME stops when the session uploads or opens another study, clears the upload
+or goes away (``session`` below: gradio's session hash plus the tab).
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ import numpy as np
 from spine_ui.config import UIConfig
 from spine_ui.core.finding import BundleInfo, Finding
 from spine_ui.core.pipeline import Analysis, AnalysisOptions, Analyzer
-from spine_ui.errors import InputError
+from spine_ui.errors import InputError, SchedulerError, TaskCancelledError
 from spine_ui.lru import LRU
+from spine_ui.services.scheduler.sessions import SessionTokens
 from spine_ui.ui import render as R
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,7 @@ class SpineUI:
         self.lime_samples = lime_samples or default_lime_samples(analyzer)
         self.cache_dir: Path = Path(gr.utils.get_upload_folder())
         self.keep: Callable[[], set[str]] = set  # files gradio must keep (a component's own value): never deleted
+        self.tokens = SessionTokens()  # per session: the cancel token of the study it shows
 
     # --- uploads --------------------------------------------------------------------------------------
     def take_upload(self, path: str | os.PathLike) -> bytes:
@@ -136,7 +142,8 @@ class SpineUI:
     # The page runs two chained events per study: the stages up to boxes + Grad-CAM (streamed, fast), then
     # LIME on the cached analysis with a progress bar on the LIME panel.
     def on_upload(self, path: str | None, always: bool, lime_samples: float,
-                  progress: Any = None) -> Iterator[dict[str, Any]]:
+                  progress: Any = None, session: str | None = None) -> Iterator[dict[str, Any]]:
+        self.tokens.open(session, None)  # a new upload (or a cleared one) stops the previous study's LIME
         if not path:
             yield self.cleared()
             return
@@ -166,20 +173,25 @@ class SpineUI:
         yield from self.run(source, self.options(always, lime_samples, explain=True, lime=False), progress=progress)
 
     def on_lime(self, key: str | None, always: bool, lime_samples: float, explain: bool = False,
-                progress: Any = None) -> Iterator[dict[str, Any]]:
+                progress: Any = None, session: str | None = None) -> Iterator[dict[str, Any]]:
         """LIME for the loaded study when it is explained (abnormal, 'always' or 'explain anyway'); one update
-        at the end (``NOTHING`` when there is nothing to do)."""
+        at the end (``NOTHING`` when there is nothing to do, or when the session moved on to another study)."""
         source = self.source(key)
         if source is None:
             yield dict(NOTHING)
             return
         produced = False
+        token = self.tokens.open(session, key)
         for out in self.run(source, self.options(always, lime_samples, explain=explain, lime=True), progress=progress,
-                            final_only=True):
+                            final_only=True, token=token):
             produced = True
             yield out  # inside run(): its report file still exists while gradio copies it
         if not produced:
             yield dict(NOTHING)
+
+    def close_session(self, session: str | None, key: str | None = None) -> None:
+        """The session's page closed (or cleared study ``key``): stop its LIME."""
+        self.tokens.close(session, key)
 
     def on_cam_choice(self, choice: str, key: str | None) -> np.ndarray | None:
         source = self.source(key)
@@ -202,9 +214,10 @@ class SpineUI:
                                explain_normal=bool(always or explain), lime_samples=n)
 
     def run(self, data: bytes | Analysis, opts: AnalysisOptions, *, progress: Any = None, new_state: bool = False,
-            final_only: bool = False) -> Iterator[dict[str, Any]]:
-        """Stream the analysis of ``data`` (an upload's bytes, or a cached analysis): one update per finished stage (with ``final_only``: only the LIME
-        stage, or nothing). Never raises: unreadable files and failures become the error panel."""
+            final_only: bool = False, token: Any = None) -> Iterator[dict[str, Any]]:
+        """Stream the analysis of ``data`` (an upload's bytes, or a cached analysis): one update per finished
+        stage (with ``final_only``: only the LIME stage, or nothing). Never raises: unreadable files and failures
+        become the error panel; LIME stopped by ``token`` (the study was replaced or closed) ends quietly."""
 
         def on_lime(done: int, total: int) -> None:
             if progress is not None:
@@ -214,7 +227,7 @@ class SpineUI:
         first = True
         try:
             try:
-                for stage, a in self.analyzer.stages(data, options=opts, progress=on_lime):
+                for stage, a in self.analyzer.stages(data, options=opts, progress=on_lime, token=token):
                     if final_only and stage != "lime":
                         continue
                     out = self.view(stage, a, opts, workdir)
@@ -222,8 +235,15 @@ class SpineUI:
                         out["state"] = self.recent.put(a.key, data) if a.accepted else None
                     first = False
                     yield out
+            except TaskCancelledError:
+                return  # the page already shows another study (or none): nothing to update
             except InputError as exc:
                 out = self.failed("The file could not be read", exc.user_message)
+                if new_state:
+                    out["state"] = None
+                yield out
+            except SchedulerError as exc:  # busy or shutting down: say so, the page stays usable
+                out = self.failed("The server is busy", exc.user_message)
                 if new_state:
                     out["state"] = None
                 yield out
@@ -318,6 +338,8 @@ class SpineUI:
             return a.finding().to_dict(), a
         except InputError as exc:
             return self.error_finding(exc.user_message), None
+        except SchedulerError as exc:
+            return self.error_finding(exc.user_message, "error"), None
         except Exception as exc:
             log.error("API analysis failed (%s).", type(exc).__name__)
             return self.error_finding(GENERIC_ERROR, "error"), None

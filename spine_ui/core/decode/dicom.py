@@ -5,7 +5,8 @@ Order of operations for a single-frame grayscale image:
 1. parse the data set (a truncated file is refused here), read the image header as integers;
 2. refuse missing pixel data, multi-frame, colour, out-of-limit sizes and codecs without a decoder
    *before* any pixel buffer is allocated (the compressed codestream's own size is checked too);
-3. decode with pydicom (Bits Stored masking and signedness are handled there);
+3. decode: JPEG 2000 through imagecodecs with threads where it gives pydicom's pixels (``j2k.py``), else
+   pydicom (Bits Stored masking and signedness are handled there);
 4. Modality LUT / Rescale Slope-Intercept (``apply_modality_lut``);
 5. VOI: the first VOI LUT Sequence item, else the first Window Center/Width, else an automatic window
    at the 0.5th-99.5th percentiles of the (rescaled) pixel values; the result is scaled to [0, 1];
@@ -36,6 +37,7 @@ from spine_ui.errors import (
     MultiFrameError,
     UnsupportedCodecError,
 )
+from spine_ui.core.decode.j2k import decode_j2k_fast
 from spine_ui.core.decode.sniff import check_dimensions, check_values, clean_text, to_unit
 from spine_ui.core.decode.study import Study, StudyMeta
 
@@ -81,7 +83,9 @@ def decode_dicom(data: bytes, cfg: DecodeConfig) -> Study:
     syntax = transfer_syntax(ds)
     check_decoder(syntax)
     check_payload(ds, header, syntax)
-    arr = decode_pixels(ds, syntax)
+    arr = decode_j2k_fast(ds, syntax, header.rows, header.cols, header.bits_stored, header.bits_allocated)
+    if arr is None:
+        arr = decode_pixels(ds, syntax)
     pixels, notes = to_display(arr, ds, header.photometric)
     return Study(pixels, build_meta(ds, header, syntax, arr, notes))
 

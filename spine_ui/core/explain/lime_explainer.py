@@ -16,6 +16,8 @@ from spine_ui.config import ExplainConfig
 from spine_ui.core.contract import Placement, normalise, sigmoid, square_input, weighted_vote
 
 Progress = Callable[[int, int], None]
+#: Runs one scoring batch and returns its result, e.g. on the scheduler's explain lane (None: inline).
+BatchRunner = Callable[[Callable[[], np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class LimeResult:
     n_samples: int
     score: float  # R^2 of LIME's local linear model
     placement: Placement
+    superpixel_weights: np.ndarray | None = None  # weight per superpixel label (0 for labels LIME left out)
 
 
 def _quiet(iterable, *args, **kwargs):
@@ -41,19 +44,25 @@ def superpixels(square: np.ndarray, n_segments: int) -> np.ndarray:
                 channel_axis=None, start_label=0, enforce_connectivity=True)
 
 
-def ensemble_scorer(bundle: Bundle, size: int, progress: Progress | None,
-                    total: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A LIME ``classifier_fn``: N x S x S x 3 images (S = ``size``) -> N x 2 [P(normal), P(abnormal)]."""
+def ensemble_scorer(bundle: Bundle, size: int, progress: Progress | None, total: int,
+                    run_batch: BatchRunner | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A LIME ``classifier_fn``: N x S x S x 3 images (S = ``size``) -> N x 2 [P(normal), P(abnormal)].
+
+    Each batch is scored by ``bundle.lime_classifier`` (bf16 or fp32, see ``bundle.runtime``), through
+    ``run_batch`` when given (the scheduler's explain lane, which may raise ``TaskCancelledError``)."""
     pp = bundle.manifest.preprocess
     done = [0]
 
-    def score(images: np.ndarray) -> np.ndarray:  # perturbed squares: the second half of model_input
+    def ensemble(images: np.ndarray) -> np.ndarray:  # perturbed squares: the second half of model_input
         batch = normalise(np.clip(images[..., 0], 0, 255).astype(np.uint8), pp)
         probs = {}
         for entry in bundle.classifiers:
-            logits, _ = bundle.classifier(entry.arch)(batch)
+            logits, _ = bundle.lime_classifier(entry.arch)(batch)
             probs[entry.arch] = sigmoid(logits)
-        p = weighted_vote(probs, bundle.manifest.weights)  # works elementwise on arrays
+        return weighted_vote(probs, bundle.manifest.weights)  # works elementwise on arrays
+
+    def score(images: np.ndarray) -> np.ndarray:
+        p = run_batch(lambda: ensemble(images)) if run_batch else ensemble(images)
         done[0] += len(images)
         if progress:
             progress(min(done[0], total), total)
@@ -63,8 +72,11 @@ def ensemble_scorer(bundle: Bundle, size: int, progress: Progress | None,
 
 
 def explain_lime(enhanced: np.ndarray, bundle: Bundle, cfg: ExplainConfig | None = None,
-                 n_samples: int | None = None, progress: Progress | None = None) -> LimeResult:
-    """Run LIME for the "abnormal" output of the ensemble on ``enhanced`` (CLAHE uint8 image)."""
+                 n_samples: int | None = None, progress: Progress | None = None, *,
+                 run_batch: BatchRunner | None = None, batch_size: int | None = None) -> LimeResult:
+    """Run LIME for the "abnormal" output of the ensemble on ``enhanced`` (CLAHE uint8 image).
+
+    ``batch_size`` (default the bundle's ``lime_batch``) perturbations are scored per ``run_batch`` call."""
     from lime import lime_image
 
     lime_image.tqdm = _quiet  # lime draws a console progress bar per call; we report progress ourselves
@@ -75,13 +87,15 @@ def explain_lime(enhanced: np.ndarray, bundle: Bundle, cfg: ExplainConfig | None
     rgb = np.repeat(square[:, :, None], 3, axis=2)
     explainer = lime_image.LimeImageExplainer(random_state=cfg.lime_seed, verbose=False)
     explanation = explainer.explain_instance(
-        rgb, ensemble_scorer(bundle, cfg.lime_size, progress, n), labels=(1,), top_labels=None, hide_color=None,
-        num_features=int(segments.max()) + 1, num_samples=n, batch_size=cfg.lime_batch,
+        rgb, ensemble_scorer(bundle, cfg.lime_size, progress, n, run_batch), labels=(1,), top_labels=None,
+        hide_color=None, num_features=int(segments.max()) + 1, num_samples=n,
+        batch_size=int(batch_size or cfg.lime_batch),
         segmentation_fn=lambda _img: segments, random_seed=cfg.lime_seed)
     weight_of = dict(explanation.local_exp[1])
+    per_label = np.array([weight_of.get(s, 0.0) for s in range(int(segments.max()) + 1)], np.float64)
     square_map = np.vectorize(lambda s: weight_of.get(s, 0.0), otypes=[np.float32])(segments)
     h, w = enhanced.shape[:2]
     crop = placement.crop(square_map)
     image_map = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
     return LimeResult(image_map, segments, n, float(explanation.score[1] if isinstance(explanation.score, dict)
-                                                      else explanation.score), placement)
+                                                      else explanation.score), placement, per_label)
