@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 
 from spine_ui.core.finding import Finding
 from spine_ui.services.dicom_out import source as _source
@@ -77,8 +77,7 @@ class DicomOutputs:
 
 def _derived(ref: Dataset, finding: Finding, kind: str) -> UID:
     b = finding.bundle
-    return UID(generate_uid(prefix=None, entropy_srcs=["spine_ui-out", kind, str(ref.SOPInstanceUID),
-                                                        b.name, str(b.version)]))
+    return _source.derived_uid("spine_ui-out", kind, str(ref.SOPInstanceUID), b.name, str(b.version))
 
 
 def reference_for(finding: Finding, source_bytes: bytes) -> SourceRef:
@@ -87,9 +86,9 @@ def reference_for(finding: Finding, source_bytes: bytes) -> SourceRef:
     if ds is not None:
         rows, cols = (finding.image.height, finding.image.width) if finding.image else (0, 0)
         return _source.from_dicom(ds, rows, cols)
-    from spine_ui.core.decode import decode_bytes
-
     import hashlib
+
+    from spine_ui.core.decode import decode_bytes
 
     study = decode_bytes(source_bytes)
     return _source.from_raster(study.pixels, finding.key or hashlib.sha256(source_bytes).hexdigest())

@@ -2,7 +2,7 @@
 
 Decision for messy sources (VinDr-SpineXR files carry hex-string UIDs such as ``"9f1c..."`` and no SOP Class
 UID): a UID that is not a valid DICOM UID (digits and dots, <= 64 chars) is replaced by a *derived* conforming
-one, ``2.25.<int>`` from a SHA-512 of the original string (``pydicom.uid.generate_uid(None, [..])``). The
+one, ``2.25.<int>`` from a SHA-512 of the original string (:func:`derived_uid`). The
 mapping is deterministic, so every object written for the same source lands in the same (derived) study and a
 re-run produces the same references; the SR says that derived references were used. Copying the hex value
 would make every output fail validation (and some archives reject it), and a random UID would scatter the
@@ -16,13 +16,14 @@ an image to refer to in the source's own pixel grid.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 
 CR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -76,12 +77,18 @@ def read_source(data: bytes) -> Dataset | None:
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
 
 
+def derived_uid(*parts: str) -> UID:
+    """A deterministic conforming UID: ``2.25.`` + the first 128 bits of SHA-512 over ``parts``."""
+    digest = hashlib.sha512("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return UID(f"2.25.{int(digest[:32], 16)}")
+
+
 def conform_uid(value: object, kind: str) -> tuple[UID, bool]:
     """``(uid, derived)``: the value when it is a valid UID, else a deterministic 2.25 UID derived from it."""
     text = str(value or "").strip()
     if text and UID(text).is_valid:
         return UID(text), False
-    return UID(generate_uid(prefix=None, entropy_srcs=["spine_ui-source", kind, text])), True
+    return derived_uid("spine_ui-source", kind, text), True
 
 
 def _sop_class(ds: Dataset) -> tuple[UID, bool]:
@@ -125,7 +132,7 @@ def from_raster(pixels: np.ndarray, key: str) -> SourceRef:
                "StudyID", "ReferringPhysicianName"):
         setattr(ref, kw, None)
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        setattr(ref, kw, UID(generate_uid(prefix=None, entropy_srcs=["spine_ui-raster", kw, key])))
+        setattr(ref, kw, derived_uid("spine_ui-raster", kw, key))
     from pydicom.uid import SecondaryCaptureImageStorage
 
     ref.SOPClassUID = SecondaryCaptureImageStorage

@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 
 from spine_ui.config import LESION_CLASSES, display_name
 from spine_ui.core.finding import DISCLAIMER, UNTRAINED_WARNING, Finding
+from spine_ui.services.dicom_out.source import derived_uid
 
 SCHEME = "99SPINEXR"
 MANUFACTURER = "SpineXR Triage (research use only)"
@@ -96,9 +97,7 @@ def _lesion_group(finding: Finding, ref: Dataset, index: int) -> hd.sr.PlanarROI
 
 
 def _uid(ref: Dataset, kind: str) -> hd.UID:
-    from pydicom.uid import generate_uid
-
-    return hd.UID(generate_uid(prefix=None, entropy_srcs=["spine_ui-sr", kind, str(ref.SOPInstanceUID)]))
+    return hd.UID(derived_uid("spine_ui-sr", kind, str(ref.SOPInstanceUID)))
 
 
 def build_sr(finding: Finding, ref: Dataset, notes: list[str], *, series_uid: str, sop_uid: str,
