@@ -146,3 +146,30 @@ def test_outputs_from_a_real_analysis(small_bundle_dir, source, tmp_path, caplog
     assert "sc_gradcam.dcm" in [p.name for p in paths]
     for secret in ("Doe", "PID-778899", "19700101", "ACC-42"):
         assert secret not in caplog.text
+
+
+def test_cli_analyze_dicom_out(full_bundle_dir, source, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "dicom"
+    env = {**os.environ, "PYTHONPATH": f"{root / 'tests' / 'support'}{os.pathsep}{root}"}
+    proc = subprocess.run([sys.executable, "-m", "spine_ui", "analyze", str(source), "--json", "--no-tta",
+                           "--detect", "always", "--bundle", str(full_bundle_dir), "--dicom-out", str(out)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    finding = json.loads(proc.stdout)
+    names = sorted(p.name for p in out.iterdir())
+    assert "sr.dcm" in names and "sc_boxes.dcm" in names
+    for p in out.iterdir():
+        assert dciodvfy_errors(p) == [], p.name
+    back = read_lesions(pydicom.dcmread(out / "sr.dcm"))
+    assert [r.label for r in back] == [les["label"] for les in finding["lesions"]]
+    for r, les in zip(back, finding["lesions"]):
+        assert r.box == pytest.approx(les["box"], abs=0.06)  # the JSON rounds boxes to 0.1 px
+    for secret in ("Doe", "PID-778899", "19700101", "ACC-42"):
+        assert secret not in proc.stderr + proc.stdout

@@ -36,7 +36,7 @@ def cmd_analyze(args) -> int:
     from tqdm import tqdm
 
     from spine_ui.core.pipeline import AnalysisOptions, Analyzer
-    from spine_ui.services.batch import analyze_each, expand_inputs, sort_rows, to_csv
+    from spine_ui.services.batch import analyze_each, expand_inputs, read_source, sort_rows, to_csv
 
     paths = [Path(f) for f in args.files]
     for p in paths:
@@ -59,10 +59,11 @@ def cmd_analyze(args) -> int:
     rows = []
     unreadable = 0
     used: set[str] = set()
+    used_dicom: set[str] = set()
     bar = tqdm(total=len(items), unit="study", file=sys.stderr, dynamic_ncols=True,
                disable=True if (single or args.quiet) else None)  # None: only when stderr is a terminal
     try:
-        for row, a in analyze_each(analyzer, items, options):
+        for (_name, source), (row, a) in zip(items, analyze_each(analyzer, items, options)):
             bar.update(1)
             rows.append(row)
             if a is None:
@@ -72,6 +73,11 @@ def cmd_analyze(args) -> int:
             finding = a.finding()
             if args.out:
                 _write_outputs(a, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
+            if args.dicom_out:
+                folder = Path(args.dicom_out) / ("" if single else _unique_stem(row.study, used_dicom))
+                note = _write_dicom(a, read_source(source, analyzer.decode_cfg), folder)
+                if note and not args.quiet:
+                    tqdm.write(note if single else f"{row.study}: {note}", file=sys.stderr)
             if not args.quiet:
                 text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
@@ -138,6 +144,16 @@ def _write_outputs(a, out: Path) -> None:
         save_png(out / "lime.png", lime_overlay(a.enhanced, a.lime.weights))
 
 
+def _write_dicom(a, data: bytes, out: Path) -> str | None:
+    """SR + SC files for an accepted study; a note (no identifiers) when there is nothing to write."""
+    from spine_ui.services.dicom_out import outputs_for
+
+    if not a.accepted or a.triage is None:
+        return "note: no DICOM outputs for a study that was not triaged (rejected as non-spine)"
+    paths = outputs_for(a, data).write(out)
+    return f"dicom: {len(paths)} objects written (Comprehensive SR + Secondary Capture)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF): files, folders, .zip archives")
     a.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
@@ -149,6 +165,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--explain", action="store_true", help="Grad-CAM and LIME, whatever the verdict")
     a.add_argument("--lime-samples", type=int, default=None)
     a.add_argument("--out", help="folder for overlay / Grad-CAM / LIME PNGs and finding.json")
+    a.add_argument("--dicom-out", metavar="DIR",
+                   help="write a DICOM Comprehensive SR and Secondary Capture images per study (into the source's "
+                        "study; raster inputs get a new study with an unknown patient)")
     a.add_argument("--detect", choices=("auto", "always", "never"), default="auto")
     a.add_argument("--no-tta", action="store_true")
     a.add_argument("--bundle", help="bundle name under models/ or a bundle folder")
