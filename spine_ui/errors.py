@@ -77,3 +77,17 @@ class BundleIntegrityError(BundleError):
 
 class HubUnavailableError(BundleError):
     default_message = "The model hub is not reachable (offline); using local bundles only."
+
+
+class PacsError(SpineUIError):
+    """The PACS (DICOMweb) could not be reached or refused a request; messages carry no identifiers."""
+
+    default_message = "The PACS could not be reached (DICOMweb); nothing was stored, try again later."
+
+
+class PacsUnavailableError(PacsError):
+    default_message = "The PACS is not reachable or keeps failing (DICOMweb); nothing was stored."
+
+
+class PacsStoreError(PacsError):
+    default_message = "The PACS refused to store the results (STOW-RS); they are not marked as sent."

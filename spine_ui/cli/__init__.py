@@ -26,7 +26,7 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spine_ui.cli import analyze, bench, bundle
+    from spine_ui.cli import analyze, bench, bundle, pacs
     from spine_ui.train.runner import add_train_parser
 
     p = argparse.ArgumentParser(prog="python -m spine_ui", description="SpineXR Triage (research use only).")
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
     sv.set_defaults(func=lambda _args: _serve())
     bench.register(sub)
+    pacs.register(sub)
     return p
 
 
