@@ -18,6 +18,7 @@ from spine_ui.core.pipeline import Analyzer
 from spine_ui.errors import BundleError
 from spine_ui.ui import layout as L
 from spine_ui.ui import render as R
+from spine_ui.ui.dicom_actions import DicomActions
 from spine_ui.ui.examples import ensure_examples
 from spine_ui.ui.handlers import OUTPUTS, SpineUI, default_lime_samples
 from spine_ui.ui import worklist as WL
@@ -51,6 +52,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         bundle.warm_up()
         analyzer = Analyzer(bundle, cache_size=cache_size or cfg.cache_studies)
     ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg))
+    ui.dicom = DicomActions(ui)
     wl = WorklistUI(ui)
     info = ui.info
     examples = ensure_examples(examples_dir) if examples_dir is not None else []
@@ -82,6 +84,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             yield from to_components(ui.on_upload(path, always_v, samples_v, progress))
 
         common = dict(api_visibility="private", concurrency_id="analysis")
+        private_ = dict(api_visibility="private")
 
         def wire_followups(p: dict[str, Any], always_c, samples_c, case: tuple = ()) -> list[Any]:
             """'Explain anyway' (then LIME) and the Grad-CAM map choice of one result panel. ``case``: the
@@ -122,6 +125,13 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         lime_upload = run_upload.then(ui_lime, lime_inputs, outputs, show_progress_on=[c["lime"]], **common)
         upload.clear(None, None, None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
                      api_visibility="private")
+
+        c["dicom_btn"].click(ui.dicom.on_download, [c["state"]], [c["dicom_file"], c["dicom_status"]],
+                             concurrency_id="analysis", **private_)
+        c["pacs_btn"].click(ui.dicom.on_send, [c["state"]], [c["dicom_status"]], concurrency_id="analysis",
+                            **private_)
+        upload.change(lambda: (gr.update(value=None, visible=False), ""), None,
+                      [c["dicom_file"], c["dicom_status"]], queue=False, **private_)
 
         # --- worklist
         def wl_upload(paths, always_v, progress=gr.Progress()):
