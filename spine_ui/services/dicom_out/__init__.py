@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from spine_ui._io import atomic_path
 from spine_ui.core.finding import Finding
 from spine_ui.services.dicom_out import source as _source
 from spine_ui.services.dicom_out.sc import build_sc, caption_lines, with_caption
@@ -68,9 +69,8 @@ class DicomOutputs:
         out.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, ds in self.datasets():
-            tmp = out / f".{name}.part"
-            ds.save_as(tmp, enforce_file_format=True)
-            tmp.replace(out / name)
+            with atomic_path(out / name) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
             paths.append(out / name)
         return paths
 
