@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,6 +192,52 @@ class UIConfig:
         return cls(cache_studies=_env_int("SPINE_CACHE_STUDIES", 64, 1, 1000),
                    lime_samples=_env_int("SPINE_LIME_SAMPLES", None, 8, 2000),
                    source_url=os.environ.get("SPINE_SOURCE_URL") or None)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    text = os.environ.get(name, "").strip().lower()
+    return default if not text else text not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    """DICOMweb (QIDO/WADO/STOW-RS) connection for the PACS loop and the UI worklist.
+
+    ``SPINE_DICOMWEB_URL``; auth: ``SPINE_DICOMWEB_TOKEN`` (bearer) or ``SPINE_DICOMWEB_USER`` +
+    ``SPINE_DICOMWEB_PASSWORD`` (basic); TLS is verified unless ``SPINE_DICOMWEB_VERIFY_TLS=0``
+    (``SPINE_DICOMWEB_CA_BUNDLE``: a CA file); ``SPINE_PACS_MODALITIES`` (e.g. "CR,DX"; empty = any);
+    the processed-instance log is ``$SPINE_DATA_DIR/pacs_state.sqlite``; ``SPINE_PACS_SHOW_ACCESSION`` /
+    ``SPINE_PACS_SHOW_STUDY_DATE`` let the UI worklist show those (off by default)."""
+
+    url: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    modalities: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    retries: int = 4
+    backoff_s: float = 1.0
+    interval_s: float = 60.0
+    state_path: Path = Path("data") / "pacs_state.sqlite"
+    show_accession: bool = False
+    show_study_date: bool = False
+
+    @classmethod
+    def from_env(cls) -> "PacsConfig":
+        data_dir = Path(os.environ.get("SPINE_DATA_DIR", "data"))
+        mods = os.environ.get("SPINE_PACS_MODALITIES", "")
+        return cls(url=os.environ.get("SPINE_DICOMWEB_URL") or None,
+                   user=os.environ.get("SPINE_DICOMWEB_USER") or None,
+                   password=os.environ.get("SPINE_DICOMWEB_PASSWORD") or None,
+                   token=os.environ.get("SPINE_DICOMWEB_TOKEN") or None,
+                   verify_tls=_env_flag("SPINE_DICOMWEB_VERIFY_TLS", True),
+                   ca_bundle=os.environ.get("SPINE_DICOMWEB_CA_BUNDLE") or None,
+                   modalities=tuple(m.strip().upper() for m in mods.split(",") if m.strip()),
+                   state_path=data_dir / "pacs_state.sqlite",
+                   show_accession=_env_flag("SPINE_PACS_SHOW_ACCESSION", False),
+                   show_study_date=_env_flag("SPINE_PACS_SHOW_STUDY_DATE", False))
 
 
 T = TypeVar("T")

@@ -101,3 +101,17 @@ class EngineUnavailableError(SpineUIError):
     """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
 
     default_message = "The requested batch engine is not available on this machine."
+
+
+class PacsError(SpineUIError):
+    """The PACS (DICOMweb) could not be reached or refused a request; messages carry no identifiers."""
+
+    default_message = "The PACS could not be reached (DICOMweb); nothing was stored, try again later."
+
+
+class PacsUnavailableError(PacsError):
+    default_message = "The PACS is not reachable or keeps failing (DICOMweb); nothing was stored."
+
+
+class PacsStoreError(PacsError):
+    default_message = "The PACS refused to store the results (STOW-RS); they are not marked as sent."

@@ -37,7 +37,7 @@ def cmd_analyze(args) -> int:
 
     from spine_ui.core.pipeline import AnalysisOptions
     from spine_ui.errors import EngineUnavailableError
-    from spine_ui.services.batch import expand_inputs
+    from spine_ui.services.batch import expand_inputs, read_source
     from spine_ui.services.batch.engines import CsvStream, get_engine, in_input_order
 
     paths = [Path(f) for f in args.files]
@@ -45,8 +45,8 @@ def cmd_analyze(args) -> int:
         if not (p.is_file() or p.is_dir()):
             print(f"error: no such file: {p.name}", file=sys.stderr)
             return 2
-    if args.engine != "local" and args.out:
-        print("error: --out (overlay images) needs --engine local; the Ray engine writes the worklist only",
+    if args.engine != "local" and (args.out or args.dicom_out):
+        print("error: --out / --dicom-out need --engine local; the Ray engine writes the worklist only",
               file=sys.stderr)
         return 2
     skipped: list[str] = []
@@ -72,6 +72,7 @@ def cmd_analyze(args) -> int:
     results = []
     unreadable = 0
     used: set[str] = set()
+    used_dicom: set[str] = set()
     bar = tqdm(total=len(items), unit="study", file=sys.stderr, dynamic_ncols=True,
                disable=True if (single or args.quiet) else None)  # None: only when stderr is a terminal
     try:
@@ -87,6 +88,11 @@ def cmd_analyze(args) -> int:
                 continue
             if args.out:
                 _write_outputs(result.analysis, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
+            if args.dicom_out and result.analysis is not None:
+                folder = Path(args.dicom_out) / ("" if single else _unique_stem(row.study, used_dicom))
+                note = _write_dicom(result.analysis, read_source(items[result.index][1]), folder)
+                if note and not args.quiet:
+                    tqdm.write(note if single else f"{row.study}: {note}", file=sys.stderr)
             if not args.quiet:
                 text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
@@ -188,6 +194,16 @@ def _write_outputs(a, out: Path) -> None:
         save_png(out / "lime.png", lime_overlay(a.enhanced, a.lime.weights))
 
 
+def _write_dicom(a, data: bytes, out: Path) -> str | None:
+    """SR + SC files for an accepted study; a note (no identifiers) when there is nothing to write."""
+    from spine_ui.services.dicom_out import outputs_for
+
+    if not a.accepted or a.triage is None:
+        return "note: no DICOM outputs for a study that was not triaged (rejected as non-spine)"
+    paths = outputs_for(a, data).write(out)
+    return f"dicom: {len(paths)} objects written (Comprehensive SR + Secondary Capture)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF): files, folders, .zip archives")
     a.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
@@ -199,6 +215,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--explain", action="store_true", help="Grad-CAM and LIME, whatever the verdict")
     a.add_argument("--lime-samples", type=int, default=None)
     a.add_argument("--out", help="folder for overlay / Grad-CAM / LIME PNGs and finding.json")
+    a.add_argument("--dicom-out", metavar="DIR",
+                   help="write a DICOM Comprehensive SR and Secondary Capture images per study (into the source's "
+                        "study; raster inputs get a new study with an unknown patient)")
     a.add_argument("--detect", choices=("auto", "always", "never"), default="auto")
     a.add_argument("--no-tta", action="store_true")
     a.add_argument("--bundle", help="bundle name under models/ or a bundle folder")

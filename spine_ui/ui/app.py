@@ -23,6 +23,7 @@ from spine_ui.errors import BundleError
 from spine_ui.services.scheduler import Scheduler
 from spine_ui.ui import layout as L
 from spine_ui.ui import render as R
+from spine_ui.ui.dicom_actions import DicomActions
 from spine_ui.ui.examples import ensure_examples
 from spine_ui.ui.handlers import OUTPUTS, SpineUI, default_lime_samples
 from spine_ui.ui import worklist as WL
@@ -60,6 +61,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         analyzer.scheduler = Scheduler(sched_cfg)
         analyzer.lime_batch = analyzer.lime_batch or sched_cfg.lime_batch or None
     ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg))
+    ui.dicom = DicomActions(ui)
     wl = WorklistUI(ui)
     info = ui.info
     examples = ensure_examples(examples_dir) if examples_dir is not None else []
@@ -92,6 +94,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
 
         limit = sched_cfg.ui_concurrency
         common = dict(api_visibility="private", concurrency_id="analysis", concurrency_limit=limit)
+        private_ = dict(api_visibility="private")
 
         def wire_followups(p: dict[str, Any], always_c, samples_c, case: tuple = ()) -> list[Any]:
             """'Explain anyway' (then LIME) and the Grad-CAM map choice of one result panel. ``case``: the
@@ -137,6 +140,13 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         lime_upload = run_upload.then(ui_lime, lime_inputs, outputs, show_progress_on=[c["lime"]], **common)
         upload.clear(ui_drop, [c["state"]], None, cancels=[run_upload, lime_upload, *wire_followups(c, always, samples)],
                      api_visibility="private", queue=False)
+
+        c["dicom_btn"].click(ui.dicom.on_download, [c["state"]], [c["dicom_file"], c["dicom_status"]],
+                             concurrency_id="analysis", concurrency_limit=limit, **private_)
+        c["pacs_btn"].click(ui.dicom.on_send, [c["state"]], [c["dicom_status"]], concurrency_id="analysis",
+                            concurrency_limit=limit, **private_)
+        upload.change(lambda: (gr.update(value=None, visible=False), ""), None,
+                      [c["dicom_file"], c["dicom_status"]], queue=False, **private_)
 
         # --- worklist
         def wl_upload(paths, always_v, progress=gr.Progress()):

@@ -42,6 +42,17 @@ def result_head(c: dict[str, Any], eid: Callable[[str], str], placeholder: str) 
         c["details"] = gr.JSON(label="Finding", show_label=False)
 
 
+def dicom_actions(c: dict[str, Any], eid: Callable[[str], str], pacs_enabled: bool) -> None:
+    """'Download DICOM (SR + SC)' and, with a PACS configured, 'Send to PACS', with their status line."""
+    with gr.Row():
+        c["dicom_btn"] = gr.Button("Download DICOM (SR + SC)", size="md", elem_id=eid("dicom"), scale=0,
+                                   min_width=240)
+        c["pacs_btn"] = gr.Button("Send to PACS", size="md", elem_id=eid("pacs"), scale=0, min_width=180,
+                                  visible=pacs_enabled)
+        c["dicom_file"] = gr.File(label="DICOM SR + Secondary Capture (zip)", visible=False, elem_id=eid("dicom-file"))
+    c["dicom_status"] = gr.HTML("", elem_id=eid("dicom-status"), js_on_load=None)
+
+
 def result_images(c: dict[str, Any], eid: Callable[[str], str], cam_choices: list[tuple[str, str]]) -> None:
     """Lesion boxes + legend + table, then Grad-CAM and LIME side by side."""
     with gr.Column(visible=False, elem_id=eid("detect")) as c["detect_group"]:
@@ -96,6 +107,7 @@ def single_tab(c: dict[str, Any], ui: Any, examples: list[Path], cam_choices: li
                     upload.keep_in_cache.update(example_cache_paths(ex))
             with gr.Column(scale=8, min_width=360):
                 result_head(c, lambda n: f"sx-{n}", R.placeholder_html())
+                dicom_actions(c, lambda n: f"sx-{n}", ui.dicom.pacs_enabled)
         result_images(c, lambda n: f"sx-{n}", cam_choices)
 
 
