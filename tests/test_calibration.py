@@ -1,0 +1,121 @@
+"""Calibration: temperature and Platt scaling recover known parameters; ECE against independent references."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spine_ui.core.calibration import (PlattScaling, TemperatureScaling, calibrate_probability,
+                                       calibrator_from_json, expected_calibration_error, logit, nll,
+                                       plot_reliability, reliability, sigmoid)
+
+
+def _sample(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return (rng.random(z.shape[0]) < sigmoid(z)).astype(int)
+
+
+@pytest.mark.parametrize("t0", [0.5, 2.5])
+def test_temperature_scaling_recovers_a_known_temperature(t0):
+    rng = np.random.default_rng(7)
+    z = rng.normal(0.0, 4.0, 20_000)
+    y = _sample(z / t0, rng)  # labels drawn from sigmoid(z / T0)
+    cal = TemperatureScaling.fit(z, y)
+    assert cal.temperature == pytest.approx(t0, rel=0.06)
+    assert nll(cal.apply(z), y) < nll(sigmoid(z), y)  # better than the raw logits
+    assert expected_calibration_error(y, cal.apply(z)) < 0.02
+
+
+def test_temperature_scaling_on_view_logits_means_over_views():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.0, 3.0, (4000, 1)) + rng.normal(0.0, 0.2, (4000, 5))  # 5 TTA views per image
+    y = _sample(z[:, 0] / 2.0, rng)
+    cal = TemperatureScaling.fit(z, y)
+    assert 1.6 < cal.temperature < 2.4
+    np.testing.assert_allclose(cal.apply(z), sigmoid(z / cal.temperature).mean(axis=1))
+
+
+def test_temperature_is_positive_and_bounded():
+    with pytest.raises(ValueError):
+        TemperatureScaling(0.0)
+    with pytest.raises(ValueError):
+        TemperatureScaling(-1.0)
+    z = np.array([-3.0, -2.0, 2.0, 3.0])
+    cal = TemperatureScaling.fit(z, [0, 0, 1, 1])  # separable: the NLL falls as T -> 0, the bound stops it
+    assert 0.05 <= cal.temperature < 0.2
+    with pytest.raises(ValueError, match="both classes"):
+        TemperatureScaling.fit(z, [1, 1, 1, 1])
+
+
+def test_platt_recovers_a_known_shift():
+    """Scores whose true log-odds are z - 1.5 (the model runs high): Platt learns slope ~1, intercept ~-1.5;
+    temperature scaling (no bias) cannot undo the shift."""
+    rng = np.random.default_rng(11)
+    z = rng.normal(1.0, 3.0, 20_000)
+    y = _sample(z - 1.5, rng)
+    platt = PlattScaling.fit(z, y, C=1e6)
+    assert platt.slope == pytest.approx(1.0, abs=0.06)
+    assert platt.intercept == pytest.approx(-1.5, abs=0.1)
+    temp = TemperatureScaling.fit(z, y)
+    assert expected_calibration_error(y, platt.apply(z)) < expected_calibration_error(y, temp.apply(z))
+
+
+def test_calibrators_round_trip_through_json():
+    for cal in (TemperatureScaling(1.7), PlattScaling(0.8, -0.3)):
+        back = calibrator_from_json(json.loads(json.dumps(cal.to_json())))
+        assert back == cal
+    with pytest.raises(ValueError, match="unknown calibration"):
+        calibrator_from_json({"method": "isotonic"})
+    p = np.array([0.1, 0.478, 0.9])
+    np.testing.assert_allclose(calibrate_probability(TemperatureScaling(1.0), p), p, atol=1e-9)
+    np.testing.assert_allclose(calibrate_probability(PlattScaling(1.0, 0.0), p), p, atol=1e-9)
+
+
+def _reference_ece(y: np.ndarray, p: np.ndarray, bins: int) -> float:
+    """Written independently: numpy histograms of counts, of p and of y over the same equal-width edges."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    n, _ = np.histogram(p, bins=edges)
+    sum_p, _ = np.histogram(p, bins=edges, weights=p)
+    sum_y, _ = np.histogram(p, bins=edges, weights=y)
+    keep = n > 0
+    return float(np.sum(np.abs(sum_y[keep] - sum_p[keep])) / len(p))
+
+
+@pytest.mark.parametrize("bins", [5, 10, 15])
+def test_ece_matches_references(bins):
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(bins)
+    p = rng.beta(0.7, 0.9, 3000)
+    y = (rng.random(3000) < p ** 1.6).astype(int)  # miscalibrated on purpose
+    edge_p = np.concatenate([p, [0.0, 1.0, 0.5, 0.2, 0.3]])  # bin edges and the closed last bin
+    edge_y = np.concatenate([y, [0, 1, 1, 0, 1]])
+    assert reliability(edge_y, edge_p, bins).ece == pytest.approx(_reference_ece(edge_y, edge_p, bins), abs=1e-12)
+    rel = reliability(y, p, bins)
+    assert rel.ece == pytest.approx(_reference_ece(y, p, bins), abs=1e-12)
+    assert rel.ece > 0.05
+    # scikit-learn's uniform calibration curve (it puts a value on an inner edge in the lower bin, so only
+    # continuous values here): the same per-bin means over the non-empty bins
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    filled = np.asarray(rel.counts) > 0
+    np.testing.assert_allclose(np.asarray(rel.frequency)[filled], prob_true, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(rel.confidence)[filled], prob_pred, atol=1e-12)
+    assert sum(rel.counts) == 3000
+
+
+def test_ece_of_perfectly_calibrated_bins_is_zero_and_json_is_clean(tmp_path):
+    p = np.array([0.25] * 4 + [0.75] * 4)
+    y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    assert expected_calibration_error(y, p, bins=10) == pytest.approx(0.0)
+    assert expected_calibration_error(1 - y, p, bins=10) == pytest.approx(0.5)
+    data = reliability(y, p).to_json()
+    json.dumps(data, allow_nan=False)
+    assert data["counts"][2] == 4 and data["frequency"][0] is None
+    png = plot_reliability({"before": (y, p), "after": (y, np.full(8, 0.5))}, tmp_path / "rel.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_logit_inverts_sigmoid_and_stays_finite():
+    z = np.linspace(-8, 8, 17)
+    np.testing.assert_allclose(logit(sigmoid(z)), z, atol=1e-6)
+    assert np.all(np.isfinite(logit(np.array([0.0, 1.0]))))
