@@ -119,3 +119,50 @@ def test_logit_inverts_sigmoid_and_stays_finite():
     z = np.linspace(-8, 8, 17)
     np.testing.assert_allclose(logit(sigmoid(z)), z, atol=1e-6)
     assert np.all(np.isfinite(logit(np.array([0.0, 1.0]))))
+
+
+# --------------------------------------------------------------------------- serving a calibrated bundle
+def _copy_with_calibration(src, dst, calibration, gate=None):
+    import dataclasses
+    import shutil
+
+    from spine_ui.bundle.manifest import read_manifest, write_manifest
+
+    shutil.copytree(src, dst)
+    man = read_manifest(dst)
+    man.calibration = calibration
+    if gate is not None:
+        man.triage = dataclasses.replace(man.triage, gate=gate)
+    write_manifest(dst, man)
+    return dst
+
+
+def test_calibrated_bundle_serves_the_calibrated_probability(small_bundle_dir, phantom_dicom, tmp_path):
+    import spine_ui
+    from spine_ui.bundle.manifest import read_manifest
+    from spine_ui.core.calibration import BundleCalibration
+    from spine_ui.core.finding import Finding
+
+    plain = spine_ui.analyze(phantom_dicom, bundle=spine_ui.open_bundle(small_bundle_dir, "onnx"))
+    assert plain.calibrated is False and "probability_uncalibrated" not in plain.to_dict()
+    temps = {"densenet121": TemperatureScaling(2.0), "resnet50": TemperatureScaling(0.5)}
+    cal = BundleCalibration(temps, ensemble=PlattScaling(1.3, 0.4), site=PlattScaling(0.9, -0.2), info={})
+    raw_p = plain.probability
+    gate = 0.5 * (1 + raw_p)  # above the raw vote: only the calibrated scale can flip the verdict
+    bdir = _copy_with_calibration(small_bundle_dir, tmp_path / "cal", cal, gate=gate)
+    assert read_manifest(bdir).calibration == cal  # JSON round trip through the manifest
+    f = spine_ui.analyze(phantom_dicom, bundle=spine_ui.open_bundle(bdir, "onnx"))
+    d = f.to_dict()
+    assert d["calibrated"] is True and d["probability_uncalibrated"] == pytest.approx(raw_p, abs=1e-6)
+    assert list(d)[3:6] == ["probability", "calibrated", "probability_uncalibrated"]
+    # expected: members' view logits / T, mean over views, weighted vote, Platt, then the site Platt
+    member = {}
+    for m in f.models:
+        z = logit(np.asarray(m.views))
+        member[m.arch] = float(np.mean(sigmoid(z / temps.get(m.arch, TemperatureScaling(1.0)).temperature)))
+        assert m.probability == pytest.approx(float(np.mean(m.views)), abs=1e-6)  # members stay raw
+    vote = sum(member[m.arch] * m.weight for m in f.models) / sum(m.weight for m in f.models)
+    expected = float(sigmoid(0.9 * (1.3 * logit(vote) + 0.4) - 0.2))
+    assert f.probability == pytest.approx(expected, abs=1e-4)
+    assert f.gate == gate and f.abnormal == (f.probability >= gate)
+    assert Finding.from_dict(d, key=f.key).to_dict() == d

@@ -205,3 +205,57 @@ def plot_reliability(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]]
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------- a bundle's calibration
+@dataclass(frozen=True)
+class BundleCalibration:
+    """The manifest's optional ``calibration`` entry, applied by triage in this order:
+
+    1. ``members``: a temperature per ensemble member on each TTA view's logit (member p = mean_v
+       sigmoid(z_v / T)); members without one keep T = 1;
+    2. the weighted soft vote of those member probabilities;
+    3. ``ensemble``: a calibrator on the logit of the vote (Platt, fitted on out-of-fold predictions);
+    4. ``site``: an optional second calibrator on the logit of step 3's probability, fitted by
+       ``python -m spine_ui calibrate`` on a site's reviewed cases.
+
+    ``info`` is provenance (what it was fitted on, how many cases, ECE before/after); never used to serve.
+    """
+
+    members: Mapping[str, TemperatureScaling]
+    ensemble: Calibrator | None = None
+    site: Calibrator | None = None
+    info: Mapping[str, Any] | None = None
+
+    def member_probability(self, arch: str, view_logits: np.ndarray) -> np.ndarray:
+        """Calibrated member probability from logits (one value, N, or N x V views: mean over V)."""
+        return self.members.get(arch, TemperatureScaling(1.0)).apply(view_logits)
+
+    def ensemble_probability(self, vote: np.ndarray | float) -> np.ndarray:
+        """Steps 3 and 4 on a soft vote of calibrated members."""
+        p = np.asarray(vote, dtype=np.float64)
+        for cal in (self.ensemble, self.site):
+            if cal is not None:
+                p = calibrate_probability(cal, p)
+        return p
+
+    def with_site(self, site: Calibrator, info: Mapping[str, Any]) -> "BundleCalibration":
+        return BundleCalibration(dict(self.members), self.ensemble, site, {**(self.info or {}), "site": dict(info)})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"members": {a: t.to_json() for a, t in self.members.items()},
+                "ensemble": self.ensemble.to_json() if self.ensemble else None,
+                "site": self.site.to_json() if self.site else None,
+                "info": dict(self.info or {})}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "BundleCalibration":
+        members = {}
+        for arch, m in (data.get("members") or {}).items():
+            cal = calibrator_from_json(m)
+            if not isinstance(cal, TemperatureScaling):
+                raise ValueError(f"member {arch}: only temperature scaling is supported per member")
+            members[str(arch)] = cal
+        ens, site = data.get("ensemble"), data.get("site")
+        return cls(members, calibrator_from_json(ens) if ens else None,
+                   calibrator_from_json(site) if site else None, dict(data.get("info") or {}))

@@ -92,6 +92,8 @@ class Analysis:
                              meta.bits_stored, meta.transfer_syntax, tuple(meta.notes)) if self.study else None),
             timings_ms=dict(self.timings_ms),
             key=self.key,
+            calibrated=man.calibration is not None,
+            probability_uncalibrated=t.probability_uncalibrated if t else None,
         )
 
 
