@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from spine_ui.core.detect import Lesion
+from spine_ui.core.explain.faithfulness import ExplanationChecks
 from spine_ui.core.gate import LayerResult
 
 DISCLAIMER = ("Research use only - not a medical device. Not for diagnosis; every result must be reviewed by a "
@@ -85,6 +86,9 @@ class Finding:
     #: ``probability_uncalibrated`` is the plain weighted vote (JSON key present only when calibrated)
     calibrated: bool = False
     probability_uncalibrated: float | None = None
+    #: ``explanations.checks`` (core/explain/faithfulness.py): deletion/insertion faithfulness of Grad-CAM
+    #: and LIME, LIME's seed stability, per-lesion Grad-CAM box ratios (in ``lesions`` order); None if none ran
+    checks: ExplanationChecks | None = None
 
     @property
     def trained(self) -> bool:
@@ -113,6 +117,7 @@ class Finding:
             "explanations": {
                 "gradcam": self.gradcam,
                 "lime": {"samples": self.lime.samples, "score": round(self.lime.score, 4)} if self.lime else None,
+                "checks": self.checks.to_dict() if self.checks else None,
             },
             "gate_layers": [layer.to_dict() for layer in self.gate_layers],
             "image": ({"width": self.image.width, "height": self.image.height, "source": self.image.source,
@@ -152,6 +157,7 @@ class Finding:
                              img.get("bits_stored"), img.get("transfer_syntax"), tuple(img.get("processing", ())))
                    if img else None),
             timings_ms=dict(d.get("timings_ms") or {}), key=key, error=bool(d.get("error")),
+            checks=ExplanationChecks.from_dict(expl["checks"]) if expl.get("checks") else None,
             calibrated=bool(d.get("calibrated")), probability_uncalibrated=d.get("probability_uncalibrated"),
         )
 

@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 
 from spine_ui.bundle.store import Bundle
-from spine_ui.core.preprocess import normalise
+from spine_ui.config import ExplainConfig
+from spine_ui.core.preprocess import normalise, to_square
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -53,11 +54,13 @@ class CurveCheck:
         return self.insertion_auc - self.insertion_random_auc
 
     def to_dict(self) -> dict[str, float]:
-        return {k: round(float(v), 4) for k, v in (
-            ("deletion_auc", self.deletion_auc), ("deletion_random_auc", self.deletion_random_auc),
-            ("deletion_faithfulness", self.deletion_faithfulness), ("insertion_auc", self.insertion_auc),
-            ("insertion_random_auc", self.insertion_random_auc),
-            ("insertion_faithfulness", self.insertion_faithfulness))}
+        """AUCs rounded to 4 places, the scores computed from the rounded AUCs (a JSON round trip is exact)."""
+        r = CurveCheck(*(round(float(v), 4) for v in (self.deletion_auc, self.deletion_random_auc,
+                                                      self.insertion_auc, self.insertion_random_auc)))
+        return {"deletion_auc": r.deletion_auc, "deletion_random_auc": r.deletion_random_auc,
+                "deletion_faithfulness": round(r.deletion_faithfulness, 4), "insertion_auc": r.insertion_auc,
+                "insertion_random_auc": r.insertion_random_auc,
+                "insertion_faithfulness": round(r.insertion_faithfulness, 4)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CurveCheck":
@@ -79,16 +82,22 @@ class ExplanationChecks:
     def to_dict(self) -> dict[str, Any]:
         return {"gradcam": self.gradcam.to_dict() if self.gradcam else None,
                 "lime": self.lime.to_dict() if self.lime else None,
-                "lime_stability": None if self.lime_stability is None else round(self.lime_stability, 4),
-                "lesions": [{"box_cam_ratio": round(r, 3)} for r in self.lesions],
+                "lime_stability": _num(self.lime_stability, 4),
+                "lesions": [{"box_cam_ratio": _num(r, 3)} for r in self.lesions],
                 "steps": self.steps, "random_orders": self.random_orders}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExplanationChecks":
         return cls(CurveCheck.from_dict(d["gradcam"]) if d.get("gradcam") else None,
                    CurveCheck.from_dict(d["lime"]) if d.get("lime") else None,
-                   d.get("lime_stability"), tuple(float(x["box_cam_ratio"]) for x in d.get("lesions") or ()),
+                   d.get("lime_stability"),
+                   tuple(float("nan") if x["box_cam_ratio"] is None else float(x["box_cam_ratio"])
+                         for x in d.get("lesions") or ()),
                    int(d.get("steps") or 0), int(d.get("random_orders") or 0))
+
+
+def _num(v: float | None, digits: int) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), digits)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -193,8 +202,33 @@ def box_cam_ratios(cam: np.ndarray, boxes: Sequence[Sequence[float]], image_shap
         c1, c2 = int(np.clip(np.floor(x1 * sx), 0, w)), int(np.clip(np.ceil(x2 * sx), 0, w))
         r1, r2 = int(np.clip(np.floor(y1 * sy), 0, h)), int(np.clip(np.ceil(y2 * sy), 0, h))
         area = (c2 - c1) * (r2 - r1) / float(h * w)
-        if area <= 0 or total <= 0:
+        if x2 <= x1 or y2 <= y1 or area <= 0 or total <= 0:
             out.append(float("nan"))
             continue
         out.append(float(cam[r1:r2, c1:c2].sum()) / total / area)
     return tuple(out)
+
+
+# --------------------------------------------------------------------------- the explanation stage's checks
+def run_checks(enhanced: np.ndarray, bundle: Bundle, lime, triage=None, cfg: ExplainConfig | None = None
+               ) -> ExplanationChecks:
+    """Curves for LIME (``lime``: a ``LimeResult``) and, when ``triage`` is given, the fused Grad-CAM; LIME
+    re-run with the next seed for its stability. Per-lesion ratios are added by the Analysis (cheap)."""
+    import dataclasses
+
+    from spine_ui.core.explain.gradcam import fused_map, resize_map
+    from spine_ui.core.explain.lime_explainer import explain_lime
+
+    cfg = cfg or bundle.manifest.explain
+    size = lime.segments.shape[0]
+    square, _ = to_square(enhanced, size, bundle.manifest.preprocess.resize)
+    maps = {"lime": lime.segment_weights[lime.segments]}
+    if triage is not None:
+        maps["gradcam"] = resize_map(fused_map(triage, bundle, cfg.cam_grid), (size, size))
+    curves = curve_checks(square, lime.segments, maps, bundle_scorer(bundle, cfg.lime_batch), cfg.check_steps,
+                          cfg.check_random_orders, seed=cfg.lime_seed)
+    again = explain_lime(enhanced, bundle, dataclasses.replace(cfg, lime_seed=cfg.lime_seed + 1),
+                         n_samples=lime.n_samples)
+    return ExplanationChecks(curves.get("gradcam"), curves["lime"],
+                             rank_stability(lime.segment_weights, again.segment_weights),
+                             steps=cfg.check_steps, random_orders=cfg.check_random_orders)
