@@ -1,5 +1,6 @@
 """DERNet triage: three timm classifiers, test-time augmentation batched into one call per model, and a
-weighted soft vote compared against the gate (P >= gate -> abnormal).
+weighted soft vote compared against the gate (P >= gate -> abnormal). The input assembly, the TTA views and
+the vote are the model contract (``spine_ui.core.contract``), shared with training.
 
 When the bundle's manifest has a ``calibration`` entry (``spine_ui.core.calibration.BundleCalibration``) the
 probability is the calibrated one (member temperatures, vote, ensemble and site calibrators) and the gate is on
@@ -8,38 +9,12 @@ probabilities (``ModelOutput.probability``) are always the raw ones."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
-import cv2
 import numpy as np
 
 from spine_ui.bundle.store import Bundle
-from spine_ui.core.preprocess import Placement, normalise, to_square
-
-View = Callable[[np.ndarray], np.ndarray]
-
-
-def _affine(angle: float = 0.0, scale: float = 1.0) -> View:
-    def apply(img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, scale)
-        return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return apply
-
-
-#: Registry of test-time views on the square uint8 model input. View 0 must be "identity" (CAM uses it).
-TTA_VIEWS: dict[str, View] = {
-    "identity": lambda img: img,
-    "hflip": lambda img: np.ascontiguousarray(img[:, ::-1]),
-    "rot+5": _affine(angle=5.0),
-    "rot-5": _affine(angle=-5.0),
-    "zoom0.9": _affine(scale=0.9),
-    "zoom1.1": _affine(scale=1.1),
-}
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+from spine_ui.core.contract import model_input, sigmoid, weighted_vote
+from spine_ui.core.preprocess import Placement
 
 
 @dataclass(frozen=True)
@@ -77,27 +52,6 @@ class TriageResult:
                                     "views": list(m.view_probabilities)} for m in self.models}}
 
 
-def tta_batch(enhanced: np.ndarray, size: int, views: tuple[str, ...], policy: str,
-              mean, std) -> tuple[np.ndarray, Placement]:
-    """The N-view normalised batch for one model (N = len(views))."""
-    from spine_ui.config import PreprocessConfig
-
-    if not views or views[0] != "identity":
-        raise ValueError("the first TTA view must be 'identity'")
-    unknown = [v for v in views if v not in TTA_VIEWS]
-    if unknown:
-        raise ValueError(f"unknown TTA views {unknown}; known: {sorted(TTA_VIEWS)}")
-    square, placement = to_square(enhanced, size, policy)
-    stack = np.stack([TTA_VIEWS[v](square) for v in views])
-    return normalise(stack, PreprocessConfig(mean=tuple(mean), std=tuple(std))), placement
-
-
-def weighted_vote(probabilities: dict, weights: dict[str, float]):
-    """Soft voting: sum_m w_m p_m / sum_m w_m (scalars or arrays of per-image probabilities)."""
-    total = sum(weights[a] for a in probabilities)
-    return sum(weights[a] * p for a, p in probabilities.items()) / total
-
-
 def ensemble_probability(logits: dict[str, np.ndarray], bundle: Bundle) -> np.ndarray:
     """The served P(abnormal) from each member's logits (N, or N x V views): the weighted soft vote, calibrated
     when the bundle is (the same function ``run_triage`` applies; used to re-score perturbed images)."""
@@ -119,8 +73,7 @@ def run_triage(enhanced: np.ndarray, bundle: Bundle, tta: bool = True) -> Triage
     views = man.triage.tta_views if tta else ("identity",)
     outputs, maps, placements, logits_of = [], {}, {}, {}
     for entry in man.classifiers:
-        batch, placement = tta_batch(enhanced, entry.input_size, views, man.preprocess.resize,
-                                     man.preprocess.mean, man.preprocess.std)
+        batch, placement = model_input(enhanced, entry.input_size, views, man.preprocess)
         logits, feats = bundle.classifier(entry.arch)(batch)
         logits_of[entry.arch] = np.asarray(logits, dtype=np.float64).ravel()
         probs = sigmoid(logits)

@@ -31,7 +31,7 @@ import numpy as np
 
 from spine_ui.bundle.store import Bundle
 from spine_ui.config import ExplainConfig
-from spine_ui.core.preprocess import normalise, to_square
+from spine_ui.core.contract import normalise, square_input
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -221,7 +221,7 @@ def run_checks(enhanced: np.ndarray, bundle: Bundle, lime, triage=None, cfg: Exp
 
     cfg = cfg or bundle.manifest.explain
     size = lime.segments.shape[0]
-    square, _ = to_square(enhanced, size, bundle.manifest.preprocess.resize)
+    square, _ = square_input(enhanced, size, bundle.manifest.preprocess)
     maps = {"lime": lime.segment_weights[lime.segments]}
     if triage is not None:
         maps["gradcam"] = resize_map(fused_map(triage, bundle, cfg.cam_grid), (size, size))
