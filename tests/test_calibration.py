@@ -166,3 +166,35 @@ def test_calibrated_bundle_serves_the_calibrated_probability(small_bundle_dir, p
     assert f.probability == pytest.approx(expected, abs=1e-4)
     assert f.gate == gate and f.abnormal == (f.probability >= gate)
     assert Finding.from_dict(d, key=f.key).to_dict() == d
+
+
+# --------------------------------------------------------------------------- training and the UI card
+def test_training_calibration_on_oof_views_and_the_gate_scale():
+    from spine_ui.core.contract import weighted_vote
+    from spine_ui.train.calibration import calibrated_scores, ece_summary, fit_bundle_calibration
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 3000)
+    # two over-confident members (true log-odds = z / 3) with 3 jittered views each
+    z = {a: (2 * y - 1)[:, None] * 2.0 + rng.normal(0, 4.0, (3000, 1)) + rng.normal(0, 0.1, (3000, 3))
+         for a in ("a", "b")}
+    views = {a: sigmoid(v) for a, v in z.items()}
+    weights = {"a": 0.6, "b": 0.4}
+    cal = fit_bundle_calibration(views, y, weights)
+    assert all(t.temperature > 1.5 for t in cal.members.values())  # over-confidence -> T > 1
+    before = weighted_vote({a: v.mean(axis=1) for a, v in views.items()}, weights)
+    after = calibrated_scores(cal, views, weights)
+    summary = ece_summary(y, before, after)
+    assert summary["ece_after"] < summary["ece_before"] / 2
+    json.dumps(summary, allow_nan=False)
+
+
+def test_triage_card_says_whether_calibrated():
+    from spine_ui.core.finding import BundleInfo, Finding
+    from spine_ui.ui.render import triage_html
+
+    base = dict(accepted=True, reason=None, verdict="abnormal", probability=0.71, gate=0.5, abnormal=True,
+                bundle=BundleInfo("b", "1", True), runtime="CPU onnxruntime")
+    assert "Not calibrated" in triage_html(Finding(**base))
+    html = triage_html(Finding(**base, calibrated=True, probability_uncalibrated=0.634))
+    assert "Calibrated probability" in html and "0.634" in html and "Not calibrated" not in html

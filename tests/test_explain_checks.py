@@ -70,6 +70,11 @@ def test_gradcam_beats_a_random_map_on_a_trained_bundle(tiny_trained_bundle_dir)
         d = f.to_dict()["explanations"]["checks"]
         assert d["steps"] == 10 and d["random_orders"] == 3 and -1 <= d["lime_stability"] <= 1
         assert Finding.from_dict(f.to_dict()).to_dict() == f.to_dict()
+        if i == 0:  # the UI's explanation note shows them
+            from spine_ui.ui.render import explain_note_html
+
+            note = explain_note_html(f, lime_pending=False)
+            assert "Faithfulness" in note and "LIME stability" in note and "not proof" in note
         cam_del.append(f.checks.gradcam.deletion_faithfulness)
         cam_ins.append(f.checks.gradcam.insertion_faithfulness)
         assert f.checks.lime.deletion_faithfulness > 0  # LIME's regions matter more than random ones
