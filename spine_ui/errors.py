@@ -77,3 +77,9 @@ class BundleIntegrityError(BundleError):
 
 class HubUnavailableError(BundleError):
     default_message = "The model hub is not reachable (offline); using local bundles only."
+
+
+class CalibrationDataError(InputError):
+    """A site's review or truth file cannot be used to recalibrate a bundle."""
+
+    default_message = "The reviews file cannot be used for recalibration."
