@@ -187,7 +187,8 @@ class Analyzer:
         """Explanation checks (core/explain/faithfulness.py) once LIME has run: part of the explanation stage,
         after the first answer and after LIME."""
         with a.lock:
-            if a.checks is None and a.lime is not None and a.lime.segment_weights is not None:
+            missing_cam = a.checks is not None and a.checks.gradcam is None and a.cam is not None
+            if (a.checks is None or missing_cam) and a.lime is not None and a.lime.segment_weights is not None:
                 with _timer(a, "checks"):
                     a.checks = run_checks(a.enhanced, self.bundle, a.lime,
                                           a.triage if a.cam is not None else None)
