@@ -31,9 +31,9 @@ def test_analyze_dicom_json(full_bundle_dir, phantom_dicom, tmp_path):
     assert attempts == []
     f = json.loads(proc.stdout)
     # the CLI JSON is pinned key for key (Finding.to_dict); new keys are added here on purpose, never by accident
-    assert list(f) == ["accepted", "reason", "verdict", "probability", "calibrated", "gate", "abnormal", "models", "lesions",
-                       "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime", "timings_ms",
-                       "disclaimer", "warning"]
+    assert list(f) == ["accepted", "reason", "verdict", "probability", "calibrated", "gate", "abnormal", "models",
+                       "lesions", "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime",
+                       "timings_ms", "disclaimer", "warning"]
     assert list(f["image"]) == ["width", "height", "source", "photometric", "bits_stored", "transfer_syntax",
                                 "processing"]
     assert f["accepted"] is True and f["reason"] is None
