@@ -34,7 +34,7 @@ def build(out_dir: Path, n: int = 64, epochs: int = 12, seed: int = 0) -> Path:
     from spine_ui.bundle.export import assemble
     from spine_ui.bundle.manifest import Manifest
     from spine_ui.config import ClassifierSpec, ExplainConfig, TriageConfig
-    from spine_ui.core.preprocess import to_model_input
+    from spine_ui.core.contract import to_model_input
 
     torch.manual_seed(seed)
     images, labels = phantom_images(n, seed)
