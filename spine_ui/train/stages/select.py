@@ -65,7 +65,7 @@ def calibrate_selection(args: TrainArgs, train: Split, folds: list[Fold], run_di
     cal = type(cal)(cal.members, cal.ensemble, None, info)
     log.info("calibration: OOF ECE %.4f -> %.4f; gate on the calibrated ensemble %.4f", ece["ece_before"],
              ece["ece_after"], yj["threshold"])
-    return {"calibration": cal.to_json(), "gate_uncalibrated": None, "gate": round(yj["threshold"], 6),
+    return {"calibration": cal.to_json(), "gate": round(yj["threshold"], 6),
             "youden_calibrated": yj}
 
 
