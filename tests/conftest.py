@@ -101,15 +101,12 @@ def ui(demo):
 def tiny_trained_bundle_dir() -> Path:
     """A TRAINED tiny bundle (tests/tinytrained.py: ResNet18 at 128 px, implant vs no lesion; ~25 s to build
     on 2 cores, then cached like the untrained test bundles)."""
-    import shutil
-
     import tinytrained
 
     path = CACHE / f"tiny-trained-{_code_key((Path(__file__).parent / 'tinytrained.py').read_text())}"
     if not (path / "manifest.json").is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tinytrained.build(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        from spine_ui._io import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            tinytrained.build(tmp)
     return path

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from spine_ui._io import atomic_dir
 from spine_ui.core.calibration import (BundleCalibration, Calibrator, PlattScaling, TemperatureScaling, logit,
                                        reliability)
 from spine_ui.errors import CalibrationDataError
@@ -197,12 +198,10 @@ def write_site_bundle(bundle_dir: Path, out_dir: Path, fit: SiteFit, cases: Site
                                                                             "ece_after")}}
     man.version = f"{man.version}+site.{now:%Y%m%d%H%M%S}"
     man.name = out_dir.name
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(bundle_dir, tmp)
-    write_manifest(tmp, man)
-    verify(tmp, read_manifest(tmp))
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, replace=False) as tmp:  # a failed write leaves nothing behind
+        shutil.copytree(bundle_dir, tmp, dirs_exist_ok=True)
+        write_manifest(tmp, man)
+        verify(tmp, read_manifest(tmp))
     return out_dir
 
 
