@@ -83,3 +83,9 @@ class CalibrationDataError(InputError):
     """A site's review or truth file cannot be used to recalibrate a bundle."""
 
     default_message = "The reviews file cannot be used for recalibration."
+
+
+class EngineUnavailableError(SpineUIError):
+    """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
+
+    default_message = "The requested batch engine is not available on this machine."
