@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "detection": {k: m["detection"].get(k) for k in ("map50", "map50_95")} if ns.full else None,
         "timings_s": {"dataset": round(t_data, 1), **{k: round(v, 1) for k, v in result.timings.items()}},
         "wall_s": round(wall, 1),
+        "calibration": {split: {k: c[k] for k in ("n", "ece_before", "ece_after")}
+                        for split, c in (m.get("calibration") or {}).items()},
+        "reliability_diagrams": sorted(str(p) for p in Path(result.report).parent.glob("reliability_*.png"))
+        if result.report else [],
         "report": str(result.report) if result.report else None,
         "bundle": str(result.bundle) if result.bundle else None,
     }

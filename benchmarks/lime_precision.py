@@ -55,12 +55,12 @@ def lime_agreement(path: Path, images: list[np.ndarray], samples: int | None) ->
         b = explain_lime(e, bf16, n_samples=samples)
         t2 = time.perf_counter()
         again = explain_lime(e, bf16, n_samples=samples)
-        wa, wb = a.superpixel_weights, b.superpixel_weights
+        wa, wb = a.segment_weights, b.segment_weights
         rho = float(spearmanr(wa, wb).statistic)
         top = lambda w: set(np.argsort(-np.abs(w))[:10].tolist())  # noqa: E731
         rows.append({"study": i, "superpixels": int(len(wa)), "spearman": rho,
                      "top10_overlap": len(top(wa) & top(wb)), "fp32_s": t1 - t0, "bf16_s": t2 - t1,
-                     "bf16_repeat_identical": bool(np.array_equal(wb, again.superpixel_weights))})
+                     "bf16_repeat_identical": bool(np.array_equal(wb, again.segment_weights))})
         print(f"  study {i}: spearman {rho:.4f}  top-10 overlap {rows[-1]['top10_overlap']}/10  "
               f"LIME fp32 {t1 - t0:.2f} s  bf16 {t2 - t1:.2f} s  repeat identical {rows[-1]['bf16_repeat_identical']}",
               flush=True)

@@ -94,6 +94,8 @@ class ExplainConfig:
     lime_size: int = 192  # LIME scores perturbations with every member at this input size (cost ~ size^2)
     lime_seed: int = 0
     cam_grid: int = 24  # common grid of the fused ensemble map
+    check_steps: int = 10  # deletion/insertion steps of the explanation checks (core/explain/faithfulness.py)
+    check_random_orders: int = 3  # random removal orders averaged as the checks' baseline
 
 
 @dataclass(frozen=True)

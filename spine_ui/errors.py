@@ -97,6 +97,12 @@ class TaskCancelledError(SchedulerError):
     default_message = "The explanation was stopped (its study was closed or replaced)."
 
 
+class CalibrationDataError(InputError):
+    """A site's review or truth file cannot be used to recalibrate a bundle."""
+
+    default_message = "The reviews file cannot be used for recalibration."
+
+
 class EngineUnavailableError(SpineUIError):
     """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
 

@@ -95,3 +95,18 @@ def demo(gradio_tmp, full_bundle_dir):
 def ui(demo):
     """The app's handler object (``SpineUI``)."""
     return demo.spine
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_bundle_dir() -> Path:
+    """A TRAINED tiny bundle (tests/tinytrained.py: ResNet18 at 128 px, implant vs no lesion; ~25 s to build
+    on 2 cores, then cached like the untrained test bundles)."""
+    import tinytrained
+
+    path = CACHE / f"tiny-trained-{_code_key((Path(__file__).parent / 'tinytrained.py').read_text())}"
+    if not (path / "manifest.json").is_file():
+        from spine_ui._io import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            tinytrained.build(tmp)
+    return path

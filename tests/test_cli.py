@@ -31,13 +31,14 @@ def test_analyze_dicom_json(full_bundle_dir, phantom_dicom, tmp_path):
     assert attempts == []
     f = json.loads(proc.stdout)
     # the CLI JSON is pinned key for key (Finding.to_dict); new keys are added here on purpose, never by accident
-    assert list(f) == ["accepted", "reason", "verdict", "probability", "gate", "abnormal", "models", "lesions",
-                       "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime", "timings_ms",
-                       "disclaimer", "warning"]
+    assert list(f) == ["accepted", "reason", "verdict", "probability", "calibrated", "gate", "abnormal", "models",
+                       "lesions", "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime",
+                       "timings_ms", "disclaimer", "warning"]
     assert list(f["image"]) == ["width", "height", "source", "photometric", "bits_stored", "transfer_syntax",
                                 "processing"]
     assert f["accepted"] is True and f["reason"] is None
     assert f["gate"] == 0.478
+    assert f["calibrated"] is False  # an uncalibrated bundle: no probability_uncalibrated key
     assert set(f["models"]) == {"densenet121", "tf_efficientnetv2_s", "resnet50"}
     p = sum(m["probability"] * m["weight"] for m in f["models"].values()) / sum(m["weight"] for m in f["models"].values())
     assert f["probability"] == pytest.approx(p, abs=1e-5)

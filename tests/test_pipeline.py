@@ -23,15 +23,15 @@ def analyzer(small_bundle_dir):
 def test_stages_stream_in_order_and_cache(analyzer, phantom_dicom):
     stages = [name for name, _ in analyzer.stages(phantom_dicom, options=AnalysisOptions(
         detect="always", lime=True, explain_normal=True, lime_samples=12))]
-    assert stages == ["gate", "triage", "detect", "lime"]
+    assert stages == ["gate", "triage", "detect", "lime", "checks"]  # explanation checks after LIME
     a = analyzer.load(phantom_dicom)
     assert a.study.pixels.size == 0  # raw pixels released once the working image exists
     assert a.study.shape == a.enhanced.shape  # 768 px tall: below the 1024 working size, so not resized
-    triage, cam, lime = a.triage, a.cam, a.lime
-    assert triage is not None and cam is not None and lime is not None
+    triage, cam, lime, checks = a.triage, a.cam, a.lime, a.checks
+    assert triage is not None and cam is not None and lime is not None and checks is not None
     again = analyzer.analyze(phantom_dicom.read_bytes(), options=AnalysisOptions(lime=True, explain_normal=True,
                                                                                   lime_samples=12))
-    assert again is a and again.triage is triage and again.lime is lime  # nothing recomputed
+    assert again is a and again.triage is triage and again.lime is lime and again.checks is checks  # not redone
 
 
 def test_detection_policy(small_bundle_dir, full_bundle_dir, phantom_dicom):

@@ -38,7 +38,7 @@ def test_scheduled_results_equal_inline(analyzers, tmp_path):
     assert a is not b and a.triage.probability == b.triage.probability
     assert np.array_equal(a.cam.fused, b.cam.fused)
     # LIME's batch size differs (bundle's 16 vs 8) and the perturbations are the same: same weights
-    assert np.allclose(a.lime.superpixel_weights, b.lime.superpixel_weights, atol=1e-6)
+    assert np.allclose(a.lime.segment_weights, b.lime.segment_weights, atol=1e-6)
 
 
 def test_first_answer_overtakes_a_running_lime(analyzers, sched, tmp_path):

@@ -66,8 +66,8 @@ def test_bf16_lime_runner_close_and_deterministic(small_bundle_dir, enhanced):
     assert low.shape == ref.shape and np.allclose(low, ref, atol=0.1 * (1 + np.abs(ref).max()))
     r1 = explain_lime(enhanced, bf16, n_samples=32)
     r2 = explain_lime(enhanced, bf16, n_samples=32)
-    assert np.array_equal(r1.superpixel_weights, r2.superpixel_weights)  # deterministic per seed and precision
-    assert r1.superpixel_weights is not None and np.abs(r1.superpixel_weights).sum() > 0
+    assert np.array_equal(r1.segment_weights, r2.segment_weights)  # deterministic per seed and precision
+    assert r1.segment_weights is not None and np.abs(r1.segment_weights).sum() > 0
 
 
 def test_openvino_makes_no_network_attempt(tmp_path, small_bundle_dir):

@@ -323,6 +323,15 @@ def test_tiny_run_writes_bundle_report_and_folds(tiny_run):
     assert {"selection", "test", "oof", "detection", "yolo_imbalance"} <= set(metrics)
     assert "per_class" in metrics["detection"] and "own_check" in metrics["detection"]
     assert "<table>" in (rep / "report.html").read_text()
+    # calibration on the OOF predictions, the gate on the calibrated scale, reliability diagrams (PNG + JSON)
+    assert man.calibration is not None and set(man.calibration.members) == set(man.weights)
+    assert man.calibration.ensemble is not None and man.calibration.site is None
+    assert sel["gate_uncalibrated"] is not None and man.triage.gate == pytest.approx(sel["gate"])
+    for name in ("reliability_test.png", "reliability_oof.png", "calibration.json"):
+        assert (rep / name).is_file(), name
+    cal = json.loads((rep / "calibration.json").read_text())
+    assert {"test", "oof"} <= set(cal) and 0 <= cal["test"]["ece_after"] <= 1 and cal["oof"]["n"] == len(folds)
+    assert "ECE" in (rep / "report.md").read_text() and "reliability_test.png" in (rep / "report.md").read_text()
     exported = json.loads((run / "export" / "done.json").read_text())["result"]
     assert exported["serving_check"]["max_abs_diff"] < 1e-3
 
@@ -354,6 +363,7 @@ def test_tiny_bundle_serves_through_the_cli(tiny_run):
     assert finding["bundle"]["trained"] is True and "warning" not in finding
     assert finding["accepted"], finding["reason"]
     assert finding["gate"] == pytest.approx(bundle.manifest.triage.gate)
+    assert finding["calibrated"] is True and 0 <= finding["probability_uncalibrated"] <= 1
     assert set(finding["models"]) == {"densenet121", "tf_efficientnetv2_s", "resnet50"}
     assert finding["detector_ran"] is True
     features = next(layer for layer in finding["gate_layers"] if layer["name"] == "features")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_ui._io import atomic_write_json
+from spine_ui.core.calibration import BundleCalibration
 from spine_ui.config import (DetectorConfig, ExplainConfig, PreprocessConfig, TriageConfig, from_dict, to_dict)
 from spine_ui.errors import BundleError, BundleIntegrityError
 
@@ -51,6 +52,8 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     format_version: int = FORMAT_VERSION
+    #: optional (a bundle without it serves the plain soft vote, as before); see core/calibration.py
+    calibration: BundleCalibration | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -72,6 +75,7 @@ class Manifest:
             "metrics": self.metrics,
             "provenance": self.provenance,
             "files": self.files,
+            **({"calibration": self.calibration.to_json()} if self.calibration else {}),
         }
 
     @classmethod
@@ -95,6 +99,7 @@ class Manifest:
                 metrics=data.get("metrics") or {},
                 provenance=data.get("provenance") or {},
                 files=dict(data.get("files") or {}),
+                calibration=BundleCalibration.from_json(data["calibration"]) if data.get("calibration") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"The bundle manifest is malformed ({exc.__class__.__name__}: {exc}).") from exc

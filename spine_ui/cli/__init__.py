@@ -26,7 +26,7 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spine_ui.cli import analyze, bench, bundle, pacs, train
+    from spine_ui.cli import analyze, bench, bundle, calibrate, pacs, train
 
     p = argparse.ArgumentParser(prog="python -m spine_ui", description="SpineXR Triage (research use only).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=lambda _args: _serve())
     bench.register(sub)
     pacs.register(sub)
+    calibrate.register(sub)
     return p
 
 

@@ -1,5 +1,9 @@
 """``Finding``: the typed, frozen, JSON-safe result of one analysis (no patient identifiers).
 
+Calibration keys: ``calibrated`` (bool: the bundle carries a calibration, so ``probability`` and ``gate`` are on
+the calibrated scale) and, only when calibrated, ``probability_uncalibrated`` (the plain weighted soft vote of the
+raw member probabilities; ``models`` always holds the raw member probabilities).
+
 Built once per analysis by ``Analysis.finding()`` (or ``Finding.error`` for a file that could not be read);
 the UI, CLI, worklist, store, DICOM writers and PACS loop all consume it. ``to_dict()`` is exactly the CLI's
 ``--json`` object and ``from_dict`` reads it back (the store keeps findings as that JSON).
@@ -10,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from spine_ui.core.detect import Lesion
+from spine_ui.core.explain.faithfulness import ExplanationChecks
 from spine_ui.core.gate import LayerResult
 
 DISCLAIMER = ("Research use only - not a medical device. Not for diagnosis; every result must be reviewed by a "
@@ -77,6 +82,13 @@ class Finding:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     key: str | None = None  # sha256 of the file's bytes (not part of the JSON: the store and UI address by it)
     error: bool = False  # the file could not be read or the analysis failed
+    #: the bundle is calibrated: ``probability`` and ``gate`` are on the calibrated scale and
+    #: ``probability_uncalibrated`` is the plain weighted vote (JSON key present only when calibrated)
+    calibrated: bool = False
+    probability_uncalibrated: float | None = None
+    #: ``explanations.checks`` (core/explain/faithfulness.py): deletion/insertion faithfulness of Grad-CAM
+    #: and LIME, LIME's seed stability, per-lesion Grad-CAM box ratios (in ``lesions`` order); None if none ran
+    checks: ExplanationChecks | None = None
 
     @property
     def trained(self) -> bool:
@@ -93,7 +105,9 @@ class Finding:
             "accepted": self.accepted,
             "reason": self.reason,
             "verdict": self.verdict,
-            "probability": None if self.probability is None else round(self.probability, 6),
+            "probability": _round(self.probability),
+            "calibrated": self.calibrated,
+            **({"probability_uncalibrated": _round(self.probability_uncalibrated)} if self.calibrated else {}),
             "gate": self.gate,
             "abnormal": self.abnormal,
             "models": {m.arch: {"probability": round(m.probability, 6), "weight": m.weight,
@@ -103,6 +117,7 @@ class Finding:
             "explanations": {
                 "gradcam": self.gradcam,
                 "lime": {"samples": self.lime.samples, "score": round(self.lime.score, 4)} if self.lime else None,
+                "checks": self.checks.to_dict() if self.checks else None,
             },
             "gate_layers": [layer.to_dict() for layer in self.gate_layers],
             "image": ({"width": self.image.width, "height": self.image.height, "source": self.image.source,
@@ -142,11 +157,17 @@ class Finding:
                              img.get("bits_stored"), img.get("transfer_syntax"), tuple(img.get("processing", ())))
                    if img else None),
             timings_ms=dict(d.get("timings_ms") or {}), key=key, error=bool(d.get("error")),
+            checks=ExplanationChecks.from_dict(expl["checks"]) if expl.get("checks") else None,
+            calibrated=bool(d.get("calibrated")), probability_uncalibrated=d.get("probability_uncalibrated"),
         )
 
     @classmethod
     def failure(cls, message: str, bundle: BundleInfo, gate: float, runtime: str, verdict: str = "unreadable",
-                key: str | None = None) -> "Finding":
+                key: str | None = None, calibrated: bool = False) -> "Finding":
         """The finding of a file that could not be read ("unreadable") or whose analysis failed ("error")."""
         return cls(accepted=False, reason=message, verdict=verdict, probability=None, gate=gate, abnormal=None,
-                   bundle=bundle, runtime=runtime, key=key, error=True)
+                   bundle=bundle, runtime=runtime, key=key, error=True, calibrated=calibrated)
+
+
+def _round(p: float | None) -> float | None:
+    return None if p is None else round(p, 6)

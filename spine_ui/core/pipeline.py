@@ -9,6 +9,7 @@ stoppable by a cancel token. Without one (the CLI, a single user) stages run inl
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -24,6 +25,7 @@ from spine_ui.config import DecodeConfig, GateConfig
 from spine_ui.core.decode import Study, decode_bytes
 from spine_ui.core.detect import DetectionResult, Lesion, run_detection
 from spine_ui.core.explain.gradcam import CamResult, explain_gradcam
+from spine_ui.core.explain.faithfulness import ExplanationChecks, box_cam_ratios, run_checks
 from spine_ui.core.explain.lime_explainer import LimeResult, explain_lime
 from spine_ui.core.gate import GateResult, LayerResult, check_features, run_gate
 from spine_ui.core.preprocess import enhance
@@ -55,6 +57,7 @@ class AnalysisOptions:
     explain_normal: bool = False  # "explain anyway" for studies below the gate
     lime_samples: int | None = None
     tta: bool = True
+    checks: bool = True  # explanation checks after LIME (faithfulness curves, LIME stability): stage "checks"
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Analysis:
     detection: DetectionResult | None = None
     cam: CamResult | None = None
     lime: LimeResult | None = None
+    checks: ExplanationChecks | None = None  # curves and stability (lesion ratios are added by finding())
     timings_ms: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     lime_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # LIME never blocks `lock`
@@ -113,7 +117,20 @@ class Analysis:
                              meta.bits_stored, meta.transfer_syntax, tuple(meta.notes)) if self.study else None),
             timings_ms=dict(self.timings_ms),
             key=self.key,
+            checks=self._checks(),
+            calibrated=man.calibration is not None,
+            probability_uncalibrated=t.probability_uncalibrated if t else None,
         )
+
+
+    def _checks(self) -> ExplanationChecks | None:
+        """The explanation checks so far, with the per-lesion Grad-CAM ratios when boxes and a map exist."""
+        lesions = self.lesions if self.accepted and self.triage is not None else None
+        ratios = (box_cam_ratios(self.cam.fused, [les.box for les in lesions], self.study.shape)
+                  if self.cam is not None and lesions else ())
+        if self.checks is None and not ratios:
+            return None
+        return dataclasses.replace(self.checks or ExplanationChecks(), lesions=ratios)
 
 
 class Analyzer:
@@ -205,6 +222,18 @@ class Analyzer:
                 with _timer(a, "lime"):
                     a.lime = explain_lime(a.enhanced, self.bundle, n_samples=n_samples, progress=progress,
                                           run_batch=run_batch, batch_size=self.lime_batch)
+                a.checks = None
+        return a
+
+    def checks(self, a: Analysis) -> Analysis:
+        """Explanation checks (core/explain/faithfulness.py) once LIME has run: part of the explanation stage,
+        after the first answer and after LIME."""
+        with a.lock:
+            missing_cam = a.checks is not None and a.checks.gradcam is None and a.cam is not None
+            if (a.checks is None or missing_cam) and a.lime is not None and a.lime.segment_weights is not None:
+                with _timer(a, "checks"):
+                    a.checks = run_checks(a.enhanced, self.bundle, a.lime,
+                                          a.triage if a.cam is not None else None)
         return a
 
     # --- orchestration ------------------------------------------------------------------------------------
@@ -232,6 +261,9 @@ class Analyzer:
         if options.lime and explain:
             self.lime(a, options.lime_samples, progress, token)
             yield "lime", a
+            if options.checks and a.lime is not None:
+                self.checks(a)
+                yield "checks", a
 
     def analyze(self, source: str | Path | bytes | Analysis, filename: str = "",
                 options: AnalysisOptions = AnalysisOptions()) -> Analysis:

@@ -1,6 +1,11 @@
 """DERNet triage: three timm classifiers, test-time augmentation batched into one call per model, and a
 weighted soft vote compared against the gate (P >= gate -> abnormal). The input assembly, the TTA views and
-the vote are the model contract (``spine_ui.core.contract``), shared with training."""
+the vote are the model contract (``spine_ui.core.contract``), shared with training.
+
+When the bundle's manifest has a ``calibration`` entry (``spine_ui.core.calibration.BundleCalibration``) the
+probability is the calibrated one (member temperatures, vote, ensemble and site calibrators) and the gate is on
+that scale; ``probability_uncalibrated`` keeps the plain vote of the raw member probabilities. Member
+probabilities (``ModelOutput.probability``) are always the raw ones."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,6 +33,8 @@ class TriageResult:
     models: tuple[ModelOutput, ...]
     feature_maps: dict[str, np.ndarray] = field(repr=False)  # identity-view pre-pool maps [C, h, w]
     placements: dict[str, Placement] = field(repr=False)
+    calibrated: bool = False
+    probability_uncalibrated: float | None = None  # the plain soft vote; None when not calibrated
 
     @property
     def abnormal(self) -> bool:
@@ -39,23 +46,44 @@ class TriageResult:
         return np.concatenate([self.feature_maps[m.arch].mean(axis=(1, 2)) for m in self.models])
 
     def to_dict(self) -> dict:
-        return {"probability": self.probability, "gate": self.gate, "abnormal": self.abnormal,
+        return {"probability": self.probability, "calibrated": self.calibrated, "gate": self.gate,
+                "abnormal": self.abnormal,
                 "models": {m.arch: {"probability": m.probability, "weight": m.weight,
                                     "views": list(m.view_probabilities)} for m in self.models}}
+
+
+def ensemble_probability(logits: dict[str, np.ndarray], bundle: Bundle) -> np.ndarray:
+    """The served P(abnormal) from each member's logits (N, or N x V views): the weighted soft vote, calibrated
+    when the bundle is (the same function ``run_triage`` applies; used to re-score perturbed images)."""
+    cal = bundle.manifest.calibration
+    if cal is None:
+        probs = {a: _view_mean(sigmoid(z)) for a, z in logits.items()}
+        return np.asarray(weighted_vote(probs, bundle.manifest.weights))
+    probs = {a: cal.member_probability(a, z) for a, z in logits.items()}
+    return cal.ensemble_probability(weighted_vote(probs, bundle.manifest.weights))
+
+
+def _view_mean(p: np.ndarray) -> np.ndarray:
+    return p.mean(axis=-1) if p.ndim == 2 else p
 
 
 def run_triage(enhanced: np.ndarray, bundle: Bundle, tta: bool = True) -> TriageResult:
     """Classify one enhanced (CLAHE uint8) image with every ensemble member."""
     man = bundle.manifest
     views = man.triage.tta_views if tta else ("identity",)
-    outputs, maps, placements = [], {}, {}
+    outputs, maps, placements, logits_of = [], {}, {}, {}
     for entry in man.classifiers:
         batch, placement = model_input(enhanced, entry.input_size, views, man.preprocess)
         logits, feats = bundle.classifier(entry.arch)(batch)
+        logits_of[entry.arch] = np.asarray(logits, dtype=np.float64).ravel()
         probs = sigmoid(logits)
         outputs.append(ModelOutput(entry.arch, entry.weight, float(probs.mean()), float(logits[0]),
                                    tuple(float(p) for p in probs)))
         maps[entry.arch] = feats[0]
         placements[entry.arch] = placement
     p = float(weighted_vote({o.arch: o.probability for o in outputs}, {o.arch: o.weight for o in outputs}))
-    return TriageResult(p, man.triage.gate, tuple(outputs), maps, placements)
+    if man.calibration is None:
+        return TriageResult(p, man.triage.gate, tuple(outputs), maps, placements)
+    view_logits = {a: z[None, :] for a, z in logits_of.items()}
+    calibrated = float(ensemble_probability(view_logits, bundle)[0])
+    return TriageResult(calibrated, man.triage.gate, tuple(outputs), maps, placements, True, p)

@@ -98,6 +98,7 @@ class SelectionConfig:
     default_weights: tuple[tuple[str, float], ...] = tuple((s.arch, s.weight) for s in DEFAULT_CLASSIFIERS)
     default_gate: float = TriageConfig().gate
     tta_views: tuple[str, ...] = TriageConfig().tta_views  # the serving views score OOF and test images
+    calibrate: bool = True  # fit the calibration on the OOF predictions; gate on the calibrated ensemble
 
     @property
     def enabled(self) -> bool:

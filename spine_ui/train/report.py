@@ -234,6 +234,7 @@ def build_blocks(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[B
                      ("roc_oof", "ROC, out-of-fold (train split)"), ("pr_oof", "Precision-recall, out-of-fold")):
         if plots.get(key):
             b.append(("img", plots[key], alt))
+    b.extend(calibration_blocks(results, plots))
     oof = results.get("oof")
     if oof:
         b.append(("h", 2, "Out-of-fold (cross-validation on the train split)"))
@@ -277,6 +278,28 @@ def build_blocks(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[B
     return b
 
 
+def calibration_blocks(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[Block]:
+    """ECE before/after calibration on the test split and OOF, with the reliability diagrams."""
+    cal = results.get("calibration")
+    if not cal:
+        return [("h", 2, "Calibration"), ("p", "Not calibrated (no cross-validation, or calibration switched "
+                                                "off): the probability is the plain weighted vote.")]
+    sel = results.get("selection", {})
+    b: list[Block] = [("h", 2, "Calibration"), ("p", (
+        "Member temperatures, then Platt scaling of the weighted vote, fitted on the out-of-fold predictions "
+        f"(never the test split); the gate {fmt(sel.get('gate'), 4)} is on the calibrated scale (Youden's J on "
+        f"the calibrated OOF ensemble; {fmt(sel.get('gate_uncalibrated'), 4)} on the plain vote). ECE: "
+        "equal-width bins; the OOF figure is optimistic (the same data fitted the calibration)."))]
+    rows = [[name, str(c["n"]), fmt(c["ece_before"], 4), fmt(c["ece_after"], 4)]
+            for name, c in (("test split", cal.get("test")), ("out-of-fold", cal.get("oof"))) if c]
+    b.append(("table", ["data", "n", f"ECE before ({(cal.get('test') or {}).get('bins', 10)} bins)", "ECE after"],
+              rows))
+    for key, alt in (("reliability_test", "Reliability, test split"), ("reliability_oof", "Reliability, out-of-fold")):
+        if plots.get(key):
+            b.append(("img", plots[key], alt))
+    return b
+
+
 def write_report(out_dir: Path, results: Mapping[str, Any], curves: Mapping[str, Mapping[str, Any]]) -> dict:
     """Write plots, ``metrics.json``, ``report.md`` and ``report.html`` into ``out_dir``.
 
@@ -297,6 +320,12 @@ def write_report(out_dir: Path, results: Mapping[str, Any], curves: Mapping[str,
         p = plot_pr(c["labels"], c["scores"], out_dir / f"pr_{split}.png", f"Precision-recall, {title}")
         if p:
             plots[f"pr_{split}"] = p.name
+        if c.get("reliability") is not None:  # (uncalibrated vote, calibrated ensemble)
+            from spine_ui.train.calibration import write_reliability
+
+            before, after = c["reliability"]
+            plots[f"reliability_{split}"] = write_reliability(out_dir, split, c["labels"], before, after,
+                                                              f"Reliability, {title}").name
     det = results.get("detection") or {}
     if det.get("per_class"):
         p = plot_ap_bars(det["per_class"], out_dir / "ap_test.png", "Detector, test split")
@@ -304,6 +333,8 @@ def write_report(out_dir: Path, results: Mapping[str, Any], curves: Mapping[str,
             plots["ap_test"] = p.name
     payload = clean_json({**results, "plots": plots})
     atomic_write_json(out_dir / "metrics.json", payload, default=_json_default)
+    if results.get("calibration"):  # the reliability diagrams' data beside their PNGs
+        atomic_write_json(out_dir / "calibration.json", clean_json(results["calibration"]), default=_json_default)
     blocks = build_blocks(results, plots)
     atomic_write_text(out_dir / "report.md", to_markdown(blocks))
     atomic_write_text(out_dir / "report.html", to_html(blocks, f"Training report: {results.get('name', '')}"))

@@ -228,7 +228,7 @@ class SpineUI:
         try:
             try:
                 for stage, a in self.analyzer.stages(data, options=opts, progress=on_lime, token=token):
-                    if final_only and stage != "lime":
+                    if final_only and stage not in ("lime", "checks"):
                         continue
                     out = self.view(stage, a, opts, workdir)
                     if first and new_state:
@@ -291,7 +291,7 @@ class SpineUI:
             "report": gr.update(value=str(self.write_report(finding, workdir)), visible=True),
         }
         explaining = a.abnormal or opts.explain_normal
-        out["explain_btn"] = gr.update(visible=not a.abnormal and a.cam is None and stage != "lime")
+        out["explain_btn"] = gr.update(visible=not a.abnormal and a.cam is None and stage not in ("lime", "checks"))
         if stage == "triage":
             if explaining:
                 out["explain_group"] = gr.update(visible=False)
@@ -300,10 +300,11 @@ class SpineUI:
             else:
                 out["explain_btn"] = gr.update(visible=True)
             return out
-        if stage == "lime":  # only the LIME panel and its note change; the user's Grad-CAM choice stays
+        if stage in ("lime", "checks"):  # only the LIME panel and its note change; the Grad-CAM choice stays
             if a.lime is not None:
                 out.update(explain_group=gr.update(visible=True), lime=R.lime_image(a.enhanced, a.lime),
-                           explain_note=R.explain_note_html(finding, lime_pending=False))
+                           explain_note=R.explain_note_html(finding, lime_pending=False,
+                                                            checks_pending=stage == "lime" and opts.checks))
             return out
         if finding.detector_ran:
             out.update(detect_group=gr.update(visible=True),
@@ -349,6 +350,9 @@ class SpineUI:
         finding, _ = self._api(path, AnalysisOptions(detect="auto", gradcam=True, lime=False))
         if finding.get("explanations"):  # a LIME result cached by an earlier full run is not part of this answer
             finding["explanations"]["lime"] = None
+            checks = finding["explanations"].get("checks")
+            if checks:  # nor are the checks that need LIME (the per-lesion Grad-CAM ratios stay)
+                checks.update(gradcam=None, lime=None, lime_stability=None)
         return finding
 
     def api_explain(self, path: str | None, lime_samples: float | None

@@ -107,6 +107,7 @@ def triage_html(finding: Finding) -> str:
         f'<span class="sx-verdict">{verdict}</span>'
         f'<span class="sx-prob">P(abnormal) = <b>{p:.3f}</b> &middot; gate {gate:.3f}</span></div>'
         f'<div class="sx-sub">Ensemble probability {detail}.</div>'
+        f'{calibration_html(finding)}'
         f'<div class="sx-bar" role="img" aria-label="ensemble probability {p:.3f}, gate {gate:.3f}">'
         f'<span class="sx-fill" style="width:{_pct(p)}"></span>'
         f'<span class="sx-gate" style="left:{_pct(gate)}"><span class="sx-gate-label">gate {gate:.3f}</span></span>'
@@ -115,6 +116,40 @@ def triage_html(finding: Finding) -> str:
         '<div class="sx-models-title">Ensemble members (weighted soft vote, test-time augmentation)</div>'
         f'<div class="sx-models">{"".join(rows)}</div>'
         f'{untrained}{image_notes_html(finding)}{checks}</div>')
+
+
+def calibration_html(finding: Finding) -> str:
+    """Says whether P(abnormal) is a calibrated probability (and the plain vote beside it) or a raw score."""
+    if finding.calibrated:
+        raw = finding.probability_uncalibrated
+        tail = f"; uncalibrated soft vote {float(raw):.3f}" if raw is not None else ""
+        return (f'<div class="sx-calibration">Calibrated probability (bundle calibration; gate on the same '
+                f'scale{tail}).</div>')
+    return ('<div class="sx-calibration">Not calibrated: the soft vote of the members, a score rather than a '
+            'frequency of abnormal studies.</div>')
+
+
+def checks_html(finding: Finding) -> str:
+    """The explanation checks (faithfulness, LIME stability, Grad-CAM mass per lesion box) in one sentence."""
+    c = finding.checks
+    if c is None:
+        return ""
+    parts = []
+    for name, curve in (("Grad-CAM", c.gradcam), ("LIME", c.lime)):
+        if curve is not None:
+            parts.append(f"{name} deletion {curve.deletion_faithfulness:+.2f} / insertion "
+                         f"{curve.insertion_faithfulness:+.2f}")
+    text = ""
+    if parts:
+        text += ("Faithfulness (area under P(abnormal) as the most salient superpixels are removed / inserted, "
+                 "compared with random order; &gt; 0: the marked regions matter more than random ones): "
+                 + ", ".join(parts) + ". ")
+    if c.lime_stability is not None and np.isfinite(c.lime_stability):
+        text += f"LIME stability across two seeds (Spearman) {c.lime_stability:.2f}. "
+    ratios = [f"{r:.1f}&times;" for r in c.lesions if np.isfinite(r)]
+    if ratios:
+        text += f"Grad-CAM mass in each lesion box relative to its area share: {', '.join(ratios)}. "
+    return f'<div class="sx-checks-note">Checks: {text}Sanity checks, not proof.</div>' if text else ""
 
 
 def image_notes_html(finding: Finding) -> str:
@@ -191,7 +226,7 @@ def lime_image(enhanced: np.ndarray, lime) -> np.ndarray:
     return lime_overlay(enhanced, lime.weights)
 
 
-def explain_note_html(finding: Finding, lime_pending: bool) -> str:
+def explain_note_html(finding: Finding, lime_pending: bool, checks_pending: bool = False) -> str:
     parts = []
     if finding.gradcam:
         parts.append(f"Grad-CAM ({esc(finding.gradcam)}): warm colours mark regions that raise P(abnormal).")
@@ -200,10 +235,14 @@ def explain_note_html(finding: Finding, lime_pending: bool) -> str:
                      "red superpixels support abnormal, blue oppose it.")
     elif lime_pending:
         parts.append("LIME is running (it perturbs superpixels and re-scores the ensemble; slowest step).")
-    return f'<div class="sx-notes">{" ".join(parts)}</div>' if parts else ""
+    if checks_pending and finding.checks is None:
+        parts.append("Explanation checks are running.")
+    if not parts and finding.checks is None:
+        return ""
+    return f'<div class="sx-notes">{" ".join(parts)}{checks_html(finding)}</div>'
 
 
-__all__ = ["ARCH_NAMES", "FUSED", "TABLE_HEADERS", "arch_name", "banner_html", "cam_choices",
-           "cam_image", "disclaimer_html", "error_html", "esc", "explain_note_html", "footer_html",
+__all__ = ["ARCH_NAMES", "FUSED", "TABLE_HEADERS", "arch_name", "banner_html", "calibration_html", "cam_choices",
+           "cam_image", "checks_html", "disclaimer_html", "error_html", "esc", "explain_note_html", "footer_html",
            "gate_layers_html", "legend_html", "lesion_image", "lesion_rows", "lime_image", "placeholder_html",
            "status_html", "triage_html", "working_html"]

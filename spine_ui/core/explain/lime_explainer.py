@@ -29,7 +29,7 @@ class LimeResult:
     n_samples: int
     score: float  # R^2 of LIME's local linear model
     placement: Placement
-    superpixel_weights: np.ndarray | None = None  # weight per superpixel label (0 for labels LIME left out)
+    segment_weights: np.ndarray | None = None  # weight per superpixel label (0 for labels LIME left out)
 
 
 def _quiet(iterable, *args, **kwargs):
@@ -92,10 +92,10 @@ def explain_lime(enhanced: np.ndarray, bundle: Bundle, cfg: ExplainConfig | None
         batch_size=int(batch_size or cfg.lime_batch),
         segmentation_fn=lambda _img: segments, random_seed=cfg.lime_seed)
     weight_of = dict(explanation.local_exp[1])
-    per_label = np.array([weight_of.get(s, 0.0) for s in range(int(segments.max()) + 1)], np.float64)
-    square_map = np.vectorize(lambda s: weight_of.get(s, 0.0), otypes=[np.float32])(segments)
+    per_segment = np.array([weight_of.get(s, 0.0) for s in range(int(segments.max()) + 1)], np.float32)
+    square_map = per_segment[segments]
     h, w = enhanced.shape[:2]
     crop = placement.crop(square_map)
     image_map = cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST)
     return LimeResult(image_map, segments, n, float(explanation.score[1] if isinstance(explanation.score, dict)
-                                                      else explanation.score), placement, per_label)
+                                                      else explanation.score), placement, per_segment)

@@ -53,6 +53,16 @@ def read_predictions(path: Path) -> dict[str, float]:
     return out
 
 
+def read_view_predictions(path: Path) -> dict[str, np.ndarray]:
+    """image_id -> per-view probabilities (V,) from a :func:`write_predictions` file (calibration needs them)."""
+    out = {}
+    for line in Path(path).read_text().splitlines()[1:]:
+        if line.strip():
+            parts = line.split(",")
+            out[parts[0]] = np.array([float(x) for x in parts[3].split(";")])
+    return out
+
+
 def stage_classify(args: TrainArgs, train: Split, folds: list[Fold], run_dir: Path,
                    device: "torch.device") -> dict:
     """Train every member on every fold (resumable per unit), write OOF predictions, fit the final models."""

@@ -35,7 +35,8 @@ def manifest_metrics(report: dict | None, selection: dict, data: dict) -> dict:
     from spine_ui.train.report import clean_json
 
     out: dict[str, Any] = {"selection": {k: selection.get(k) for k in ("source", "weights", "gate", "oof_auroc",
-                                                                         "oof_auroc_default_weights", "folds")
+                                                                         "oof_auroc_default_weights", "folds",
+                                                                         "gate_uncalibrated")
                                          if k in selection},
                            "data": data}
     if report:
@@ -53,6 +54,9 @@ def manifest_metrics(report: dict | None, selection: dict, data: dict) -> dict:
                                 "per_class_ap50": {k: v["ap50"] for k, v in det["per_class"].items()},
                                 "source": det.get("source")}
         out["protocol"] = report.get("protocol")
+        if report.get("calibration"):
+            out["calibration"] = {split: {"ece_before": c["ece_before"], "ece_after": c["ece_after"], "n": c["n"]}
+                                  for split, c in report["calibration"].items()}
     return clean_json(out)
 
 
@@ -82,7 +86,11 @@ def build_manifest(args: TrainArgs, train: Split, test: Split, folds: list[Fold]
                   "detector_config": asdict(args.detector) if detect else None,
                   "yolo_imbalance": imbalance_measures(args) if detect else None,
                   "selection_source": selection.get("source")}
+    from spine_ui.core.calibration import BundleCalibration
+
+    cal = selection.get("calibration")
     return Manifest(
+        calibration=BundleCalibration.from_json(cal) if cal else None,
         name=args.name or args.out.name, version=args.export.version or f"{__version__}+trained.{now:%Y%m%d%H%M}",
         trained=True, classifiers=[], detector=None, preprocess=args.preprocess,
         triage=TriageConfig(gate=float(selection["gate"]), tta_views=tuple(args.selection.tta_views)),

@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def _ensemble_metrics(args: TrainArgs, test: Split, test_probs: dict[str, np.ndarray], weights: dict,
-                      gate: float) -> tuple[dict, dict, float, np.ndarray]:
-    """(ensemble summary, per-model metrics, AUROC with the default weights, ensemble scores) on the test split."""
+                      gate: float, cal=None, test_views: dict[str, np.ndarray] | None = None
+                      ) -> tuple[dict, dict, float, np.ndarray]:
+    """(ensemble summary, per-model metrics, AUROC with the default weights, ensemble scores) on the test split.
+    With a calibration (``cal``) the ensemble scores are the calibrated ones, as served (the gate's scale)."""
     from spine_ui.core.contract import weighted_vote
+    from spine_ui.train.calibration import calibrated_scores
     from spine_ui.train.metrics import auroc, average_precision, binary_summary, bootstrap_ci, roc_curve
 
     rep, y = args.report, test.labels
-    ens = weighted_vote(test_probs, weights)
+    ens = weighted_vote(test_probs, weights) if cal is None else calibrated_scores(cal, test_views, weights)
     summary = binary_summary(y, ens, gate, thresholds=rep.thresholds, n_boot=rep.bootstrap, ci=rep.ci,
                              seed=rep.seed, groups=test.studies)
     two_classes = y.min() != y.max()
@@ -52,20 +55,25 @@ def stage_report(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
     from spine_ui.core.contract import weighted_vote
     from spine_ui.train.classifier import predict
     from spine_ui.train.metrics import binary_summary
+    from spine_ui.core.calibration import BundleCalibration
+    from spine_ui.train.calibration import calibrated_scores, ece_summary
     from spine_ui.train.report import write_report
 
     cfg, rep, sel = args.classifier, args.report, args.selection
     amp = device.type == "cuda" and cfg.amp
     (run_dir / "report").mkdir(parents=True, exist_ok=True)
-    test_probs = {}
+    test_probs, test_views = {}, {}
     for arch, model in final_models(args, run_dir).items():
         log.info("scoring the test split with %s (%d TTA views)", arch, len(sel.tta_views))
         views = predict(model, test.paths(), cfg.input_size, sel.tta_views, device, preprocess=args.preprocess,
                         batch=cfg.eval_batch, amp=amp)
         write_predictions(run_dir / "report" / f"test_{arch}.csv", test.ids, test.labels, views)
         test_probs[arch] = views.mean(axis=1)
+        test_views[arch] = views
     weights, gate = selection["weights"], float(selection["gate"])
-    summary, per_model, default_auc, ens = _ensemble_metrics(args, test, test_probs, weights, gate)
+    cal = BundleCalibration.from_json(selection["calibration"]) if selection.get("calibration") else None
+    summary, per_model, default_auc, ens = _ensemble_metrics(args, test, test_probs, weights, gate, cal,
+                                                             test_views)
     results: dict[str, Any] = {
         "name": args.name or args.out.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -78,12 +86,22 @@ def stage_report(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
         "timings": dict(timings),
     }
     curves = {"test": {"labels": test.labels, "scores": {"ensemble": ens, **test_probs}, "gate": gate}}
+    if cal is not None:  # ECE and reliability before (plain vote) and after calibration, test and OOF
+        results["calibration"] = {"test": ece_summary(test.labels, weighted_vote(test_probs, weights), ens)}
+        curves["test"]["reliability"] = (weighted_vote(test_probs, weights), ens)
     if folds:
         oof = oof_predictions(args, train, folds, run_dir)
         oof_ens = weighted_vote(oof, weights)
+        if cal is not None:
+            oof_cal = calibrated_scores(cal, oof_predictions(args, train, folds, run_dir, per_view=True), weights)
+            results["calibration"]["oof"] = ece_summary(train.labels, oof_ens, oof_cal)
+            oof_reliability = (oof_ens, oof_cal)
+            oof_ens = oof_cal
         results["oof"] = binary_summary(train.labels, oof_ens, gate, thresholds=rep.thresholds,
                                         n_boot=rep.bootstrap, ci=rep.ci, seed=rep.seed, groups=train.studies)
         curves["oof"] = {"labels": train.labels, "scores": {"ensemble": oof_ens, **oof}, "gate": gate}
+        if cal is not None:
+            curves["oof"]["reliability"] = oof_reliability
     if detect:
         from spine_ui.train.detector import evaluate
 
