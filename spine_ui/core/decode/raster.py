@@ -132,7 +132,7 @@ def _to_study(arr: np.ndarray, notes: list[str], label: str) -> Study:
         colorfulness=colourfulness,
         notes=tuple(notes),
     )
-    return Study(to_unit(pixels), meta)
+    return Study(to_unit(pixels), meta, original=gray)
 
 
 def _split_channels(arr: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
