@@ -52,6 +52,9 @@ def cmd_analyze(args) -> int:
     if not items:
         print("error: no radiograph files found in the given folders or archives", file=sys.stderr)
         return 2
+    if args.pdf and not single:
+        print("error: --pdf writes the report of one study; give a single file", file=sys.stderr)
+        return 2
     analyzer = Analyzer(bundle_from_args(args))
     explain = bool(args.explain)
     options = AnalysisOptions(detect=args.detect, gradcam=True, lime=explain, explain_normal=explain,
@@ -72,6 +75,10 @@ def cmd_analyze(args) -> int:
             finding = a.finding()
             if args.out:
                 _write_outputs(a, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
+            if args.pdf:
+                from spine_ui.services.reports.pdf import write_pdf
+
+                write_pdf(a, args.pdf)
             if not args.quiet:
                 text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
@@ -139,7 +146,7 @@ def _write_outputs(a, out: Path) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF): files, folders, .zip archives")
+    a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF, BMP): files, folders, .zip archives")
     a.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
                    help="files, folders (searched recursively, hidden files skipped) or .zip archives")
     a.add_argument("--csv", metavar="OUT.csv",
@@ -149,6 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--explain", action="store_true", help="Grad-CAM and LIME, whatever the verdict")
     a.add_argument("--lime-samples", type=int, default=None)
     a.add_argument("--out", help="folder for overlay / Grad-CAM / LIME PNGs and finding.json")
+    a.add_argument("--pdf", metavar="OUT.pdf", help="write the printable report of the study (one file only)")
     a.add_argument("--detect", choices=("auto", "always", "never"), default="auto")
     a.add_argument("--no-tta", action="store_true")
     a.add_argument("--bundle", help="bundle name under models/ or a bundle folder")
