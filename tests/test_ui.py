@@ -104,12 +104,12 @@ def test_examples_are_generated(tmp_path):
     from spine_ui.ui.examples import ensure_examples
 
     paths = ensure_examples(tmp_path / "ex")
-    assert [p.suffix for p in paths] == [".dcm", ".dcm", ".png"]
+    assert [p.suffix for p in paths] == [".dcm", ".dcm", ".png", ".bmp"]
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert ensure_examples(tmp_path / "ex") == paths  # idempotent: present files are kept
     assert [p.stat().st_mtime_ns for p in paths] == stamps
     sources = [decode_bytes(p.read_bytes()).meta.source for p in paths]
-    assert sources == ["dicom", "dicom", "raster"]
+    assert sources == ["dicom", "dicom", "raster", "raster"]
     assert not list((tmp_path / "ex").glob(".*"))  # no temp files left behind
 
 
