@@ -14,7 +14,7 @@ Checkpoints (per unit of work = one architecture on one fold, or the final fit):
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 import warnings
@@ -28,20 +28,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from spine_ui._io import atomic_path, atomic_write_json
 from spine_ui.bundle.architectures import build_classifier
 from spine_ui.config import PreprocessConfig
 from spine_ui.core.contract import model_input, rotate, sigmoid, to_model_input
 from spine_ui.train.config import ClassifierTrainConfig
 from spine_ui.train.metrics import auroc
 
+#: progress callback (one line of text); defaults to this module's logger (``spine_ui.train`` hierarchy)
 Log = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
+_log = logging.getLogger(__name__)
 
 
 def read_enhanced(path: str | Path) -> np.ndarray:
+    """A cached enhanced image (uint8 grayscale PNG)."""
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise FileNotFoundError(f"cannot read cached image {path}")
@@ -96,7 +96,7 @@ class CachedImages(Dataset):
 
 
 # --------------------------------------------------------------------------- models
-def make_model(arch: str, pretrained: bool, log: Log = _quiet) -> tuple[nn.Module, bool]:
+def make_model(arch: str, pretrained: bool, log: Log = _log.info) -> tuple[nn.Module, bool]:
     """(model, pretrained weights actually loaded). Falls back to random init when weights are unavailable."""
     if pretrained:
         try:
@@ -110,12 +110,14 @@ def make_model(arch: str, pretrained: bool, log: Log = _quiet) -> tuple[nn.Modul
 
 
 def load_model(arch: str, state_path: Path) -> nn.Module:
+    """A timm classifier with the state dict at ``state_path``, in eval mode on the CPU."""
     model = build_classifier(arch, pretrained=False)
     model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -126,6 +128,7 @@ def resolve_device(device: str) -> torch.device:
 # --------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
+    """What one ``fit`` run did (stored in the unit's ``done.json``)."""
     arch: str
     best_epoch: int  # 1-based
     best_score: float  # validation AUROC (or -loss when the validation set holds one class); NaN without val
@@ -137,6 +140,7 @@ class FitResult:
     criterion: str = "auroc"
 
     def to_json(self) -> dict:
+        """JSON-safe dict of the fields."""
         return asdict(self)
 
 
@@ -174,7 +178,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: b
 def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out_dir: Path,
         cfg: ClassifierTrainConfig, device: torch.device, *, val_paths: Sequence[Path] | None = None,
         val_labels: Sequence[int] | None = None, epochs: int | None = None, fingerprint: str = "",
-        preprocess: PreprocessConfig = PreprocessConfig(), log: Log = _quiet) -> FitResult:
+        preprocess: PreprocessConfig = PreprocessConfig(), log: Log = _log.info) -> FitResult:
     """Train one model; keeps ``best.pt`` by validation AUROC with early stopping, resumable from ``last.pt``.
 
     Without a validation set the model trains for ``epochs`` epochs and the last one is kept. An existing
@@ -262,9 +266,10 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
         state["history"].append(row)
         state["epoch"] = epoch
         state["seconds"] = time.perf_counter() - t0
-        torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
-                    "pretrained": pretrained}, last)
+        with atomic_path(last) as tmp:  # an interrupted save must not spoil the resume point
+            torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
+                        "pretrained": pretrained}, tmp)
         msg = f"  {arch} epoch {epoch}/{epochs} loss {row['train_loss']:.4f}"
         if "val_auroc" in row:
             msg += f" val AUROC {row['val_auroc']:.4f} loss {row['val_loss']:.4f}"
@@ -278,7 +283,7 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
     result = FitResult(arch, int(state["best_epoch"]), float(state["best_score"]) if has_val else float("nan"),
                        int(state["epoch"]), stopped, bool(pretrained), float(state["seconds"]),
                        list(state["history"]), criterion if has_val else "none")
-    (out_dir / "done.json").write_text(json.dumps({"fingerprint": fingerprint, **result.to_json()}, indent=2))
+    atomic_write_json(out_dir / "done.json", {"fingerprint": fingerprint, **result.to_json()})
     last.unlink(missing_ok=True)  # the optimiser state is not needed once the unit is done
     return result
 

@@ -46,6 +46,7 @@ class ClassifierTrainConfig:
     final: str = "refit"
 
     def batch_for(self, arch: str) -> int:
+        """Training batch size of ``arch`` (32 when not listed)."""
         return dict(self.batch).get(arch, 32)
 
 
@@ -98,11 +99,13 @@ class SelectionConfig:
 
     @property
     def enabled(self) -> bool:
+        """Cross-validation (and so selection) runs with two or more folds."""
         return self.folds >= 2
 
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """Test-split report: threshold table, bootstrap CIs."""
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)  # the gate is added to the table
     bootstrap: int = 2000
     ci: float = 0.95
@@ -111,6 +114,7 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
+    """Bundle export: the feature-space outlier statistics and the version string."""
     ood_percentile: float = 99.0
     ood_max_images: int = 5000  # training images used for the feature statistics (random subset above)
     version: str = ""  # default: <spine_ui version>+trained.<UTC timestamp>

@@ -138,6 +138,7 @@ def _train(args: TrainArgs) -> TrainResult:
 
     def run_stage(name: str, fp: str, fn: Callable[[], dict],
                   valid: Callable[[dict], bool] = lambda _r: True) -> dict | None:
+        """Run (or skip, or reuse) one stage and record its ``done.json``."""
         marker = run_dir / name / "done.json"
         if name not in args.stages:
             d = read_json(marker)
