@@ -218,9 +218,6 @@ def analysis_pdf(a: "Analysis") -> bytes:
 
 def write_pdf(a: "Analysis", out: str | Path) -> Path:
     """Write the report atomically (temp file, then rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(analysis_pdf(a))
-    tmp.replace(out)
-    return out
+    from spine_ui._io import atomic_write_bytes
+
+    return atomic_write_bytes(out, analysis_pdf(a))
