@@ -289,7 +289,7 @@ def test_unexpected_failure_is_generic_and_logs_type_only(ui, monkeypatch, caplo
 
 def test_cached_examples_are_never_deleted(demo, ui):
     kept = sorted(ui.keep())
-    assert len(kept) == 3 and all(Path(p).is_relative_to(ui.cache_dir) for p in kept)
+    assert len(kept) == 4 and all(Path(p).is_relative_to(ui.cache_dir) for p in kept)
     for path in kept:  # gradio hands out the same cached copy on every click
         assert ui.take_upload(path)
         assert Path(path).exists()
