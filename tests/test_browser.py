@@ -144,7 +144,9 @@ def test_dicom_full_run_in_browser(page, abnormal_dicom):
         assert name in triage
     assert "weight 0.42" in triage and "weight 0.32" in triage and "weight 0.26" in triage
 
-    page.wait_for_selector("#sx-boxes img")
+    page.wait_for_selector("#sx-boxes img", state="attached")
+    page.locator("#sx-explain-panels").wait_for()
+    page.locator("#sx-explain-panels").scroll_into_view_if_needed()  # below the viewer; images load lazily
     page.wait_for_selector("#sx-cam img")
     assert page.locator("#sx-legend .sx-legend-item").count() == 7
     assert "Vertebral collapse" in page.locator("#sx-legend").inner_text()
