@@ -77,3 +77,9 @@ class BundleIntegrityError(BundleError):
 
 class HubUnavailableError(BundleError):
     default_message = "The model hub is not reachable (offline); using local bundles only."
+
+
+class EngineUnavailableError(SpineUIError):
+    """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
+
+    default_message = "The requested batch engine is not available on this machine."

@@ -55,6 +55,8 @@ class DetectorTrainConfig:
     """YOLO11 training through ultralytics (arguments passed to ``YOLO.train``)."""
 
     arch: str = "yolo11l"
+    #: ultralytics' own device string for training, e.g. "0,1,2,3" (its multi-GPU DDP); "" = the run's device
+    device: str = ""
     epochs: int = 35
     imgsz: int = 640
     batch: int = 12
@@ -141,6 +143,7 @@ class TrainArgs:
     batch: int | None = None
     det_batch: int | None = None
     det_arch: str | None = None
+    det_device: str | None = None
     workers: int | None = None
     stages: tuple[str, ...] = STAGES
     device: str = "auto"  # auto | cpu | cuda
@@ -174,7 +177,7 @@ class TrainArgs:
         clf = dataclasses.replace(clf, **upd)
         det_upd: dict[str, Any] = {}
         for key, attr in (("det_epochs", "epochs"), ("det_imgsz", "imgsz"), ("det_batch", "batch"),
-                          ("det_arch", "arch"), ("workers", "workers")):
+                          ("det_arch", "arch"), ("det_device", "device"), ("workers", "workers")):
             value = getattr(self, key)
             if value is not None:
                 det_upd[attr] = value

@@ -129,7 +129,7 @@ def train_args(cfg: DetectorTrainConfig, data_yaml: Path, project: Path, device:
         cos_lr=cfg.cos_lr, warmup_epochs=cfg.warmup_epochs, mosaic=cfg.mosaic, mixup=cfg.mixup,
         hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v, fliplr=cfg.fliplr, multi_scale=cfg.multi_scale,
         cls_pw=cfg.cls_pw, seed=cfg.seed, deterministic=True, workers=cfg.workers, project=str(project),
-        name="train", exist_ok=True, plots=cfg.plots, val=True, device=0 if cuda else "cpu",
+        name="train", exist_ok=True, plots=cfg.plots, val=True, device=cfg.device or (0 if cuda else "cpu"),
         pretrained=False, amp=cuda, verbose=False)
 
 
