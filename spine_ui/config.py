@@ -143,6 +143,19 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ViewerConfig:
+    """The viewer's display copy of the original values (window/level in the browser)."""
+
+    max_side: int = 2048  # long side of the uint16 display copy kept per analysed study
+    compress_level: int = 1  # zlib level of the copy sent to the browser (1: fast, most of the gain)
+
+    @classmethod
+    def from_env(cls) -> "ViewerConfig":
+        return cls(max_side=max(256, int(os.environ.get("SPINE_VIEW_MAX_SIDE", "2048"))),
+                   compress_level=min(9, max(0, int(os.environ.get("SPINE_VIEW_ZLIB_LEVEL", "1")))))
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where models run. ``SPINE_RUNTIME`` = onnx | openvino | torch overrides the automatic choice;
     ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it);

@@ -30,7 +30,7 @@ class EmptyFileError(InputError):
 
 
 class UnsupportedFormatError(InputError):
-    default_message = "Unsupported file type: upload a DICOM (.dcm), PNG, JPEG or TIFF radiograph."
+    default_message = "Unsupported file type: upload a DICOM (.dcm), PNG, JPEG, TIFF or BMP radiograph."
 
 
 class CorruptFileError(InputError):

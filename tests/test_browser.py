@@ -144,7 +144,9 @@ def test_dicom_full_run_in_browser(page, abnormal_dicom):
         assert name in triage
     assert "weight 0.42" in triage and "weight 0.32" in triage and "weight 0.26" in triage
 
-    page.wait_for_selector("#sx-boxes img")
+    page.wait_for_selector("#sx-boxes img", state="attached")
+    page.locator("#sx-explain-panels").wait_for()
+    page.locator("#sx-explain-panels").scroll_into_view_if_needed()  # below the viewer; images load lazily
     page.wait_for_selector("#sx-cam img")
     assert page.locator("#sx-legend .sx-legend-item").count() == 7
     assert "Vertebral collapse" in page.locator("#sx-legend").inner_text()
@@ -186,3 +188,52 @@ def test_example_can_be_run_twice(page, app_url):
             _shot(page, "browser_example_png.png")
             page.goto(app_url)
             page.wait_for_selector("#sx-upload")
+
+
+# ---- the image viewer and the PDF report ------------------------------------------------------------
+
+def _viewer_pixel(pg, sel: str) -> list[int]:
+    return pg.eval_on_selector(sel + " canvas", "c => { const r = c.width / 2, s = c.height / 2;"
+                               " return Array.from(c.getContext('2d').getImageData(r, s, 1, 1).data); }")
+
+
+def _frame(pg) -> None:
+    pg.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def test_viewer_shows_every_study_with_window_level_zoom_and_pdf(page, abnormal_dicom, tmp_path):
+    from pdftext import pdf_text
+
+    page.locator("#sx-upload input[type=file]").set_input_files(str(abnormal_dicom))
+    page.locator("#sx-triage .sx-verdict").wait_for()
+    verdict = page.locator("#sx-triage .sx-verdict").inner_text()
+    page.wait_for_function("document.querySelector('#sx-viewer .sxv').dataset.ready === '1'")
+    page.locator("#sx-pdf").wait_for(state="visible")
+    assert "Stage timings" in page.locator("#sx-triage").inner_text()
+    assert "modality DX" in page.locator("#sx-triage").inner_text()  # Modality / body part of the file
+    assert "no metrics: untrained" in page.locator("#sx-status").inner_text()
+    _frame(page)
+    before = _viewer_pixel(page, "#sx-viewer")
+    level = page.locator("#sx-viewer").get_by_role("slider", name="Level", exact=True)
+    level.evaluate("(e) => { e.value = String(Number(e.min) + 0.9 * (Number(e.max) - Number(e.min)));"
+                   " e.dispatchEvent(new Event('input', {bubbles: true})); }")
+    _frame(page)
+    assert _viewer_pixel(page, "#sx-viewer") != before  # window/level on the original values
+    full = page.eval_on_selector("#sx-viewer .sxv", "e => e.dataset.region")
+    page.locator("#sx-viewer").get_by_role("button", name="Zoom in").click()
+    _frame(page)
+    assert page.eval_on_selector("#sx-viewer .sxv", "e => e.dataset.region") != full
+    _shot(page, "browser_viewer.png")
+    with page.expect_download() as info:
+        page.locator("#sx-pdf").click()
+    pdf = tmp_path / "report.pdf"
+    info.value.save_as(pdf)
+    text = pdf_text(pdf.read_bytes())
+    assert f"{verdict} - P(abnormal)" in text and "Doe" not in text
+
+
+def test_rejected_photo_is_still_shown_in_the_viewer(page, colour_photo):
+    page.locator("#sx-upload input[type=file]").set_input_files(str(colour_photo))
+    page.locator("#sx-error .sx-error").wait_for()
+    page.wait_for_function("document.querySelector('#sx-viewer .sxv').dataset.ready === '1'")
+    assert "Rejected" in page.locator("#sx-viewer .sxv-note").inner_text()

@@ -69,6 +69,8 @@ def test_worklist_upload_open_review_download(page, abnormal_dicom, plain_dicom,
     assert rows[0][1] in page.locator("#sx-wl-nav").inner_text()
     triage = page.locator("#sx-wl-triage").inner_text()
     assert f"P(abnormal) = {rows[0][3]}" in triage and "gate 0.478" in triage
+    page.locator("#sx-wl-explain-panels").wait_for()
+    page.locator("#sx-wl-explain-panels").scroll_into_view_if_needed()  # below the viewer; images load lazily
     page.wait_for_selector("#sx-wl-cam img")
     page.wait_for_selector("#sx-wl-lime img", timeout=120_000)
     cam_box, lime_box = page.locator("#sx-wl-cam").bounding_box(), page.locator("#sx-wl-lime").bounding_box()

@@ -35,7 +35,7 @@ def test_analyze_dicom_json(full_bundle_dir, phantom_dicom, tmp_path):
                        "lesions", "detector_ran", "explanations", "gate_layers", "image", "bundle", "runtime",
                        "timings_ms", "disclaimer", "warning"]
     assert list(f["image"]) == ["width", "height", "source", "photometric", "bits_stored", "transfer_syntax",
-                                "processing"]
+                                "processing", "modality", "view_position", "body_part"]
     assert f["accepted"] is True and f["reason"] is None
     assert f["gate"] == 0.478
     assert f["calibrated"] is False  # an uncalibrated bundle: no probability_uncalibrated key

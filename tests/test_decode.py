@@ -422,3 +422,34 @@ def test_tiny_and_truncated_raster() -> None:
     data = png_bytes(gradient(64, 64, 255).astype(np.uint8))
     raises(CorruptFileError, "damaged", decode_bytes, data[: len(data) // 2])
     raises(InvalidPixelDataError, "no contrast", decode_bytes, png_bytes(np.full((64, 64), 7, np.uint8)))
+
+
+# ---- BMP --------------------------------------------------------------------------------------------
+
+def bmp_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def test_bmp_gray_and_colour_decode() -> None:
+    arr = gradient(48, 64, 255).astype(np.uint8)
+    data = bmp_bytes(arr)
+    assert sniff(data) == "bmp"
+    study = decode_bytes(data, "scan.bmp")
+    assert study.meta.transfer_syntax == "BMP" and study.meta.source == "raster"
+    np.testing.assert_allclose(study.pixels, arr / 255.0, atol=1e-6)
+    rgb = np.stack([arr, arr[::-1], np.full_like(arr, 40)], axis=-1)
+    colour = decode_bytes(bmp_bytes(rgb))
+    assert colour.meta.photometric == "RGB" and colour.meta.colorfulness > 0
+    np.testing.assert_allclose(colour.pixels, (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]) / 255.0, atol=1e-5)
+
+
+def test_bmp_refusals() -> None:
+    data = bmp_bytes(gradient(64, 64, 255).astype(np.uint8))
+    raises(CorruptFileError, "BMP file is damaged", decode_bytes, data[: len(data) // 2])
+    raises(UnsupportedFormatError, "BMP", decode_bytes, b"BM but only text follows, no bitmap header here")
+    raises(ImageTooSmallError, "too small", decode_bytes, bmp_bytes(np.zeros((4, 4), np.uint8)))
+    huge = bytearray(data)
+    huge[18:26] = struct.pack("<ii", 9500, 9000)  # width, height in the BITMAPINFOHEADER
+    raises(ImageTooLargeError, "too large", decode_bytes, bytes(huge))

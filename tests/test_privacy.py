@@ -95,8 +95,10 @@ def contains_bytes(folder: Path, needle: bytes) -> list[str]:
 def strings(out: dict) -> str:
     """Every text an update dict carries (HTML, JSON finding, file paths), as one string."""
     parts = []
-    for v in out.values():
+    for k, v in out.items():
         v = value(v)
+        if k == "viewer" and isinstance(v, dict):  # base64 pixel data and overlay PNGs: only its text fields
+            v = {f: x for f, x in v.items() if f not in ("image", "cams", "lime")}
         if isinstance(v, str):
             parts.append(v)
         elif isinstance(v, (dict, list)):

@@ -104,12 +104,12 @@ def test_examples_are_generated(tmp_path):
     from spine_ui.ui.examples import ensure_examples
 
     paths = ensure_examples(tmp_path / "ex")
-    assert [p.suffix for p in paths] == [".dcm", ".dcm", ".png"]
+    assert [p.suffix for p in paths] == [".dcm", ".dcm", ".png", ".bmp"]
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert ensure_examples(tmp_path / "ex") == paths  # idempotent: present files are kept
     assert [p.stat().st_mtime_ns for p in paths] == stamps
     sources = [decode_bytes(p.read_bytes()).meta.source for p in paths]
-    assert sources == ["dicom", "dicom", "raster"]
+    assert sources == ["dicom", "dicom", "raster", "raster"]
     assert not list((tmp_path / "ex").glob(".*"))  # no temp files left behind
 
 
@@ -171,7 +171,10 @@ def test_dicom_full_path_streams_and_protects_identity(ui, patient_dicom):
     last = json.loads(reports[-1]["text"])
     assert last["probability"] == finding["probability"] and last["bundle"]["trained"] is False
     for out in stages:
-        assert "Doe" not in json.dumps({k: value(v) for k, v in out.items() if isinstance(value(v), (str, dict))})
+        shown = {k: value(v) for k, v in out.items() if isinstance(value(v), (str, dict))}
+        viewer = shown.pop("viewer", None) or {}  # its image is base64 pixel data: check its text fields instead
+        shown["viewer"] = {k: v for k, v in viewer.items() if k not in ("image", "cams", "lime")}
+        assert "Doe" not in json.dumps(shown)
 
 
 def test_normal_study_offers_explain_anyway(ui, monkeypatch):
@@ -286,7 +289,7 @@ def test_unexpected_failure_is_generic_and_logs_type_only(ui, monkeypatch, caplo
 
 def test_cached_examples_are_never_deleted(demo, ui):
     kept = sorted(ui.keep())
-    assert len(kept) == 3 and all(Path(p).is_relative_to(ui.cache_dir) for p in kept)
+    assert len(kept) == 4 and all(Path(p).is_relative_to(ui.cache_dir) for p in kept)
     for path in kept:  # gradio hands out the same cached copy on every click
         assert ui.take_upload(path)
         assert Path(path).exists()

@@ -58,6 +58,9 @@ def cmd_analyze(args) -> int:
     if not items:
         print("error: no radiograph files found in the given folders or archives", file=sys.stderr)
         return 2
+    if args.pdf and (not single or args.engine != "local"):
+        print("error: --pdf writes the report of one study; give a single file (engine local)", file=sys.stderr)
+        return 2
     explain = bool(args.explain)
     options = AnalysisOptions(detect=args.detect, gradcam=True, lime=explain, explain_normal=explain,
                               lime_samples=args.lime_samples, tta=not args.no_tta)
@@ -93,6 +96,10 @@ def cmd_analyze(args) -> int:
                 note = _write_dicom(result.analysis, read_source(items[result.index][1]), folder)
                 if note and not args.quiet:
                     tqdm.write(note if single else f"{row.study}: {note}", file=sys.stderr)
+            if args.pdf and result.analysis is not None:
+                from spine_ui.services.reports.pdf import write_pdf
+
+                write_pdf(result.analysis, args.pdf)
             if not args.quiet:
                 text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
@@ -205,7 +212,7 @@ def _write_dicom(a, data: bytes, out: Path) -> str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF): files, folders, .zip archives")
+    a = sub.add_parser("analyze", help="analyse radiographs (DICOM, PNG, JPEG, TIFF, BMP): files, folders, .zip archives")
     a.add_argument("files", nargs="+", metavar="FILE_OR_DIR",
                    help="files, folders (searched recursively, hidden files skipped) or .zip archives")
     a.add_argument("--csv", metavar="OUT.csv",
@@ -218,6 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--dicom-out", metavar="DIR",
                    help="write a DICOM Comprehensive SR and Secondary Capture images per study (into the source's "
                         "study; raster inputs get a new study with an unknown patient)")
+    a.add_argument("--pdf", metavar="OUT.pdf", help="write the printable report of the study (one file only)")
     a.add_argument("--detect", choices=("auto", "always", "never"), default="auto")
     a.add_argument("--no-tta", action="store_true")
     a.add_argument("--bundle", help="bundle name under models/ or a bundle folder")

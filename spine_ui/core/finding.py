@@ -44,6 +44,9 @@ class ImageInfo:
     bits_stored: int | None = None
     transfer_syntax: str | None = None
     processing: tuple[str, ...] = ()
+    modality: str | None = None  # DICOM Modality, ViewPosition, BodyPartExamined (technical, not identifying)
+    view_position: str | None = None
+    body_part: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class Finding:
             "gate_layers": [layer.to_dict() for layer in self.gate_layers],
             "image": ({"width": self.image.width, "height": self.image.height, "source": self.image.source,
                        "photometric": self.image.photometric, "bits_stored": self.image.bits_stored,
-                       "transfer_syntax": self.image.transfer_syntax, "processing": list(self.image.processing)}
+                       "transfer_syntax": self.image.transfer_syntax, "processing": list(self.image.processing),
+                       "modality": self.image.modality, "view_position": self.image.view_position,
+                       "body_part": self.image.body_part}
                       if self.image else None),
             "bundle": {"name": self.bundle.name, "version": self.bundle.version, "trained": self.bundle.trained},
             "runtime": self.runtime,
@@ -154,7 +159,8 @@ class Finding:
             lime=LimeSummary(int(lime["samples"]), float(lime["score"])) if lime else None,
             gate_layers=tuple(LayerResult(**layer) for layer in d.get("gate_layers") or ()),
             image=(ImageInfo(img["width"], img["height"], img["source"], img.get("photometric"),
-                             img.get("bits_stored"), img.get("transfer_syntax"), tuple(img.get("processing", ())))
+                             img.get("bits_stored"), img.get("transfer_syntax"), tuple(img.get("processing", ())),
+                             img.get("modality"), img.get("view_position"), img.get("body_part"))
                    if img else None),
             timings_ms=dict(d.get("timings_ms") or {}), key=key, error=bool(d.get("error")),
             checks=ExplanationChecks.from_dict(expl["checks"]) if expl.get("checks") else None,

@@ -21,8 +21,9 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol, TypeVar
 import numpy as np
 
 from spine_ui.bundle.store import Bundle
-from spine_ui.config import DecodeConfig, GateConfig
+from spine_ui.config import DecodeConfig, GateConfig, ViewerConfig
 from spine_ui.core.decode import Study, decode_bytes
+from spine_ui.core.display import DisplayImage, make_display
 from spine_ui.core.detect import DetectionResult, Lesion, run_detection
 from spine_ui.core.explain.gradcam import CamResult, explain_gradcam
 from spine_ui.core.explain.faithfulness import ExplanationChecks, box_cam_ratios, run_checks
@@ -68,6 +69,7 @@ class Analysis:
     bundle: Bundle
     study: Study | None = None
     enhanced: np.ndarray | None = None
+    display: DisplayImage | None = None  # the original values, downsampled, for window/level in the viewer
     gate: GateResult | None = None
     triage: TriageResult | None = None
     detection: DetectionResult | None = None
@@ -114,7 +116,8 @@ class Analysis:
             lime=LimeSummary(self.lime.n_samples, self.lime.score) if self.lime else None,
             gate_layers=self.gate.layers if self.gate else (),
             image=(ImageInfo(self.study.shape[1], self.study.shape[0], meta.source, meta.photometric,
-                             meta.bits_stored, meta.transfer_syntax, tuple(meta.notes)) if self.study else None),
+                             meta.bits_stored, meta.transfer_syntax, tuple(meta.notes), meta.modality,
+                             meta.view_position, meta.body_part) if self.study else None),
             timings_ms=dict(self.timings_ms),
             key=self.key,
             checks=self._checks(),
@@ -138,10 +141,12 @@ class Analyzer:
 
     def __init__(self, bundle: Bundle, *, gate_cfg: GateConfig = GateConfig(),
                  decode_cfg: DecodeConfig = DecodeConfig(), cache_size: int = 8,
-                 scheduler: Scheduling | None = None, lime_batch: int | None = None) -> None:
+                 scheduler: Scheduling | None = None, lime_batch: int | None = None,
+                 viewer_cfg: ViewerConfig = ViewerConfig()) -> None:
         self.bundle = bundle
         self.gate_cfg = gate_cfg
         self.decode_cfg = decode_cfg
+        self.viewer_cfg = viewer_cfg
         self.cache_size = cache_size
         self.scheduler = scheduler
         self.lime_batch = lime_batch or None  # perturbations per scheduled batch (None: the bundle's)
@@ -176,6 +181,8 @@ class Analyzer:
                 a.enhanced = enhance(a.study.pixels, self.bundle.manifest.preprocess)
             with _timer(a, "gate"):
                 a.gate = run_gate(a.study.pixels, a.study.meta, self.gate_cfg)
+            with _timer(a, "display"):
+                a.display = make_display(a.study, self.viewer_cfg)
             a.study = a.study.without_pixels()  # later stages use the working image; cached analyses stay small
 
         self._interactive(compute)

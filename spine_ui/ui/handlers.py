@@ -31,13 +31,16 @@ from spine_ui.core.pipeline import Analysis, AnalysisOptions, Analyzer
 from spine_ui.errors import InputError, SchedulerError, TaskCancelledError
 from spine_ui.lru import LRU
 from spine_ui.services.scheduler.sessions import SessionTokens
+from spine_ui.services.reports.metrics import metric_lines
 from spine_ui.ui import render as R
+from spine_ui.ui import viewer as V
 
 log = logging.getLogger(__name__)
 
 GENERIC_ERROR = ("The analysis failed unexpectedly. Nothing was stored; please try again or use another file.")
 NO_FILE = "No file was provided."
 REPORT_NAME = "spinexr-finding.json"
+PDF_NAME = "spinexr-report.pdf"
 #: Upper bound on the bytes of uploads held in memory (the LRU drops the oldest beyond it).
 RECENT_MAX_BYTES = 1024 ** 3
 GONE = "This study is no longer held in memory (the server keeps only the most recent ones). Upload it again."
@@ -46,7 +49,7 @@ ORPHAN_AGE_S = 120.0
 
 #: The UI outputs, by name; generators yield ``{name: value}`` and a wrapper maps names to components.
 OUTPUTS = ("state", "error", "triage", "explain_btn", "report", "details_acc", "details", "detect_group", "boxes",
-           "legend", "table", "explain_group", "cam_choice", "cam", "lime", "explain_note")
+           "legend", "table", "explain_group", "cam_choice", "cam", "lime", "explain_note", "viewer", "pdf")
 
 
 #: "Leave the page as it is" (gradio needs at least one key in a dict of updates).
@@ -84,6 +87,7 @@ class SpineUI:
         self.analyzer = analyzer
         self.recent = RecentStudies(analyzer.cache_size, RECENT_MAX_BYTES)
         self.info = analyzer.bundle.info()
+        self.info["metrics"] = metric_lines(analyzer.bundle.manifest.metrics, analyzer.bundle.manifest.trained)
         self.lime_samples = lime_samples or default_lime_samples(analyzer)
         self.cache_dir: Path = Path(gr.utils.get_upload_folder())
         self.keep: Callable[[], set[str]] = set  # files gradio must keep (a component's own value): never deleted
@@ -230,7 +234,7 @@ class SpineUI:
                 for stage, a in self.analyzer.stages(data, options=opts, progress=on_lime, token=token):
                     if final_only and stage not in ("lime", "checks"):
                         continue
-                    out = self.view(stage, a, opts, workdir)
+                    out = self.view(stage, a, opts, workdir, with_image=first and not final_only)
                     if first and new_state:
                         out["state"] = self.recent.put(a.key, data) if a.accepted else None
                     first = False
@@ -264,7 +268,7 @@ class SpineUI:
                 "details": gr.update(value=None), "details_acc": gr.update(visible=False),
                 "detect_group": gr.update(visible=False), "boxes": None, "legend": "", "table": gr.update(value=[]),
                 "explain_group": gr.update(visible=False), "cam_choice": gr.update(value=R.FUSED), "cam": None,
-                "lime": None, "explain_note": ""}
+                "lime": None, "explain_note": "", "viewer": None, "pdf": gr.update(value=None, visible=False)}
 
     def failed(self, title: str, message: str, layers=()) -> dict[str, Any]:
         out = self.cleared()
@@ -273,15 +277,20 @@ class SpineUI:
         out["triage"] = ""
         return out
 
-    def view(self, stage: str, a: Analysis, opts: AnalysisOptions, workdir: Path) -> dict[str, Any]:
+    def view(self, stage: str, a: Analysis, opts: AnalysisOptions, workdir: Path,
+             with_image: bool = True) -> dict[str, Any]:
         finding = a.finding()
         if not a.accepted:
-            return self.failed("Input rejected - not analysed", finding.reason or "The image was rejected.",
-                               finding.gate_layers)
+            out = self.failed("Input rejected - not analysed", finding.reason or "The image was rejected.",
+                              finding.gate_layers)
+            out["viewer"] = V.viewer_value(a, with_image=with_image,
+                                           note=f"Rejected, not analysed: {finding.reason or 'see the reason above'}")
+            return out
         if stage == "gate":
             out = self.cleared()
             del out["state"]
             out["triage"] = R.working_html("Input accepted. Running the triage ensemble...")
+            out["viewer"] = V.viewer_value(a, with_image=with_image, note="Triage running...")
             return out
         out: dict[str, Any] = {
             "error": gr.update(value="", visible=False),
@@ -289,6 +298,8 @@ class SpineUI:
             "details": gr.update(value=finding.to_dict()),
             "details_acc": gr.update(visible=True),
             "report": gr.update(value=str(self.write_report(finding, workdir)), visible=True),
+            "pdf": gr.update(value=str(self.write_pdf(a, workdir)), visible=True),
+            "viewer": V.viewer_value(a, with_image=with_image, note=R.viewer_note(finding)),
         }
         explaining = a.abnormal or opts.explain_normal
         out["explain_btn"] = gr.update(visible=not a.abnormal and a.cam is None and stage not in ("lime", "checks"))
@@ -323,6 +334,13 @@ class SpineUI:
         path = workdir / REPORT_NAME
         path.write_text(json.dumps(finding.to_dict(), indent=2, sort_keys=False))
         return path
+
+    @staticmethod
+    def write_pdf(a: Analysis, workdir: Path) -> Path:
+        """The printable report (no identifiers, no file name) in the per-request folder."""
+        from spine_ui.services.reports.pdf import write_pdf
+
+        return write_pdf(a, workdir / PDF_NAME)
 
     # --- API handlers ---------------------------------------------------------------------------------
     def error_finding(self, message: str, verdict: str = "unreadable") -> dict[str, Any]:

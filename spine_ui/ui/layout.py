@@ -8,6 +8,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from spine_ui.ui import render as R
+from spine_ui.ui import viewer as V
 from spine_ui.ui import worklist as WL
 from spine_ui.ui.examples import example_labels
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
 EXAMPLES_DIR = ASSETS / "examples"
 CSS_PATH = ASSETS / "style.css"
-ACCEPTED_TYPES = [".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff"]
+ACCEPTED_TYPES = [".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"]
 MAX_FILE_SIZE = "50mb"
 TITLE = "SpineXR Triage"
 STATE_TTL_S = 1800  # seconds a browser session keeps its study key and worklist id
@@ -38,6 +39,8 @@ def result_head(c: dict[str, Any], eid: Callable[[str], str], placeholder: str) 
                                      elem_id=eid("explain"), scale=0, min_width=330)
         c["report"] = gr.DownloadButton("Download JSON report", visible=False, size="md", elem_id=eid("report"),
                                         scale=0, min_width=220)
+        c["pdf"] = gr.DownloadButton("Download PDF report", visible=False, size="md", elem_id=eid("pdf"),
+                                     scale=0, min_width=220)
     with gr.Accordion("Finding (JSON, no patient identifiers)", open=False, visible=False) as c["details_acc"]:
         c["details"] = gr.JSON(label="Finding", show_label=False)
 
@@ -54,7 +57,9 @@ def dicom_actions(c: dict[str, Any], eid: Callable[[str], str], pacs_enabled: bo
 
 
 def result_images(c: dict[str, Any], eid: Callable[[str], str], cam_choices: list[tuple[str, str]]) -> None:
-    """Lesion boxes + legend + table, then Grad-CAM and LIME side by side."""
+    """The image viewer (the study always, with its overlays), then the separate pictures: lesion boxes +
+    legend + table, Grad-CAM and LIME side by side."""
+    c["viewer"] = V.component(eid("viewer"))
     with gr.Column(visible=False, elem_id=eid("detect")) as c["detect_group"]:
         gr.HTML('<h3 class="sx-h">Lesion detection (YOLO11-L)</h3>', js_on_load=None)
         with gr.Row(equal_height=False):
@@ -87,7 +92,7 @@ def single_tab(c: dict[str, Any], ui: Any, examples: list[Path], cam_choices: li
     with gr.Tab("Single study", id="single", elem_id="sx-tab-single"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
-                c["upload"] = upload = gr.File(label="Radiograph (DICOM, PNG, JPEG, TIFF; max 50 MB)",
+                c["upload"] = upload = gr.File(label="Radiograph (DICOM, PNG, JPEG, TIFF, BMP; max 50 MB)",
                                  file_types=ACCEPTED_TYPES, type="filepath", height=150,
                                  elem_id="sx-upload")
                 gr.HTML('<div class="sx-hint">Files larger than 50 MB are refused. DICOM and 16-bit images '

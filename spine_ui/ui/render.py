@@ -56,7 +56,9 @@ def status_html(info: dict[str, Any]) -> str:
     return ('<div class="sx-status">'
             f'<span><b>Runtime</b> {esc(info.get("runtime", "?"))}</span>'
             f'<span><b>Model bundle</b> {esc(info.get("name", "?"))} v{esc(info.get("version", "?"))}</span>'
-            f'<span><b>Weights</b> {state}</span></div>')
+            f'<span><b>Weights</b> {state}</span>'
+            f'<span class="sx-metrics"><b>Metrics</b> {esc("; ".join(info.get("metrics") or ["no metrics recorded"]))}'
+            '</span></div>')
 
 
 def disclaimer_html() -> str:
@@ -72,7 +74,7 @@ def footer_html(source_url: str | None = None) -> str:
 
 
 def placeholder_html() -> str:
-    return ('<div class="sx-placeholder">Upload a spine radiograph (DICOM, PNG, JPEG or TIFF) or pick an example. '
+    return ('<div class="sx-placeholder">Upload a spine radiograph (DICOM, PNG, JPEG, TIFF or BMP) or pick an example. '
             'The triage result appears first; lesion boxes and explanations follow.</div>')
 
 
@@ -160,8 +162,28 @@ def image_notes_html(finding: Finding) -> str:
     parts.extend(str(v) for v in (img.photometric, img.transfer_syntax) if v)
     if img.bits_stored:
         parts.append(f"{int(img.bits_stored)}-bit")
+    parts.extend(f"{label} {v}" for label, v in (("modality", img.modality), ("view", img.view_position),
+                                                   ("body part", img.body_part)) if v)
     parts.extend(str(n) for n in img.processing)
-    return f'<div class="sx-notes">Input: {esc(" | ".join(parts))}</div>'
+    return f'<div class="sx-notes">Input: {esc(" | ".join(parts))}</div>{timings_html(finding)}'
+
+
+def timings_html(finding: Finding) -> str:
+    """Stage timings of this analysis (ms), in pipeline order."""
+    t = finding.timings_ms
+    if not t:
+        return ""
+    parts = [f"{k} {v:.0f} ms" for k, v in t.items()]
+    return f'<div class="sx-notes sx-timings">Stage timings: {esc(" | ".join(parts))} (total {sum(t.values()):.0f} ms)</div>'
+
+
+def viewer_note(finding: Finding) -> str:
+    """One line above the viewer: what is shown and what is still to come."""
+    if finding.verdict == "abnormal":
+        return "Abnormal: boxes and explanations can be overlaid (toggles on the right)."
+    if finding.detector_ran or finding.gradcam:
+        return "Below the gate; detector / explanations were requested and can be overlaid."
+    return "Below the gate: shown without overlays (use 'Explain anyway' or 'Always run' for boxes and maps)."
 
 
 def gate_layers_html(layers: Iterable[LayerResult]) -> str:

@@ -406,7 +406,7 @@ def status_note(text: str, error: bool = False) -> str:
 
 
 def intro_html() -> str:
-    return ('<div class="sx-hint">Upload several radiographs at once (DICOM, PNG, JPEG, TIFF) or a .zip of them. '
+    return ('<div class="sx-hint">Upload several radiographs at once (DICOM, PNG, JPEG, TIFF, BMP) or a .zip of them. '
             'Each is analysed in turn and listed by P(abnormal), most suspicious first; rejected and unreadable '
             'files stay in the list with their reason. Uploads are held in memory only and deleted from disk '
             'as soon as they are read.</div>')

@@ -86,8 +86,8 @@ def decode_dicom(data: bytes, cfg: DecodeConfig) -> Study:
     arr = decode_j2k_fast(ds, syntax, header.rows, header.cols, header.bits_stored, header.bits_allocated)
     if arr is None:
         arr = decode_pixels(ds, syntax)
-    pixels, notes = to_display(arr, ds, header.photometric)
-    return Study(pixels, build_meta(ds, header, syntax, arr, notes))
+    pixels, notes, values = to_display(arr, ds, header.photometric)
+    return Study(pixels, build_meta(ds, header, syntax, arr, notes), original=values)
 
 
 # ---- parsing ----------------------------------------------------------------------------------------
@@ -287,8 +287,9 @@ def decode_pixels(ds: Dataset, uid: UID) -> np.ndarray:
 
 # ---- display transform ------------------------------------------------------------------------------
 
-def to_display(arr: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, list[str]]:
-    """Modality LUT, VOI and polarity: float32 [0, 1], bone bright, plus notes of what was applied."""
+def to_display(arr: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Modality LUT, VOI and polarity: float32 [0, 1], bone bright, the notes of what was applied, and the
+    modality values (before VOI and polarity) for the viewer's window/level."""
     notes: list[str] = []
     values = modality_values(arr, ds, notes)
     check_values(values)
@@ -300,7 +301,7 @@ def to_display(arr: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarr
     if photometric == "MONOCHROME1":
         out = 1.0 - np.clip(out, 0.0, 1.0)
         notes.append("MONOCHROME1 inverted")
-    return to_unit(out), notes
+    return to_unit(out), notes, values
 
 
 def modality_values(arr: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
@@ -389,6 +390,27 @@ def _tag(ds: Dataset, keyword: str) -> str | None:
         return None
 
 
+def file_windows(ds: Dataset) -> tuple[tuple[float, float, str], ...]:
+    """Every Window Center/Width pair of the file (modality units) with its explanation; () when absent/invalid."""
+    try:
+        centers, widths = _values(ds.get("WindowCenter")), _values(ds.get("WindowWidth"))
+        names = _values(ds.get("WindowCenterWidthExplanation"))
+        out = []
+        for i, (c, w) in enumerate(zip(centers, widths)):
+            c, w = float(c), float(w)
+            if np.isfinite([c, w]).all() and w > 0:
+                out.append((c, w, (clean_text(names[i]) if i < len(names) else None) or ""))
+        return tuple(out)
+    except Exception:
+        return ()
+
+
+def _values(value: object) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+
+
 def build_meta(ds: Dataset, h: Header, uid: UID, arr: np.ndarray, notes: list[str]) -> StudyMeta:
     """Technical tags only (sanitised); nothing that identifies the patient."""
     body_part = _tag(ds, "BodyPartExamined")
@@ -402,6 +424,7 @@ def build_meta(ds: Dataset, h: Header, uid: UID, arr: np.ndarray, notes: list[st
         transfer_syntax=syntax_name(uid),
         original_shape=(h.rows, h.cols),
         original_dtype=arr.dtype.name,
+        windows=file_windows(ds),
         notes=tuple(notes),
     )
 

@@ -1,4 +1,4 @@
-"""PNG / JPEG / TIFF decoding with Pillow (tifffile as a fallback for TIFF variants Pillow cannot read).
+"""PNG / JPEG / TIFF / BMP decoding with Pillow (tifffile as a fallback for TIFF variants Pillow cannot read).
 
 The header is opened lazily and its size checked against the limits before any pixel is decoded. EXIF
 orientation is applied. Integer gray images are scaled by their actual bit range (the smallest
@@ -20,7 +20,7 @@ from spine_ui.errors import CorruptFileError, ImageTooLargeError, InputError
 from spine_ui.core.decode.sniff import check_dimensions, check_values, to_unit
 from spine_ui.core.decode.study import Study, StudyMeta
 
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _LUMA = np.array([0.299, 0.587, 0.114])
 _COLOUR_SIDE = 256  # long side of the copy the colourfulness is measured on
 _TO_RGB = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
@@ -33,7 +33,7 @@ def _ensure_bomb_guard(cfg: DecodeConfig) -> None:
 
 
 def decode_raster(data: bytes, kind: str, cfg: DecodeConfig) -> Study:
-    """Decode PNG/JPEG/TIFF bytes (``kind`` from :func:`sniff`) into a :class:`Study`."""
+    """Decode PNG/JPEG/TIFF/BMP bytes (``kind`` from :func:`sniff`) into a :class:`Study`."""
     _ensure_bomb_guard(cfg)
     label = kind.upper()
     try:
@@ -132,7 +132,7 @@ def _to_study(arr: np.ndarray, notes: list[str], label: str) -> Study:
         colorfulness=colourfulness,
         notes=tuple(notes),
     )
-    return Study(to_unit(pixels), meta)
+    return Study(to_unit(pixels), meta, original=gray)
 
 
 def _split_channels(arr: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,6 +18,9 @@ from spine_ui.errors import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+BMP_MAGIC = b"BM"
+#: Sizes of the Windows/OS2 BMP info headers (BITMAPCOREHEADER .. BITMAPV5HEADER); "BM" alone is too weak.
+_BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _EXPLICIT_VRS = {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD",
     b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI",
@@ -27,7 +30,7 @@ _MAX_TEXT = 64
 
 
 def sniff(data: bytes) -> str:
-    """Return "dicom", "png", "jpeg" or "tiff" from the content; raise for anything else."""
+    """Return "dicom", "png", "jpeg", "tiff" or "bmp" from the content; raise for anything else."""
     if not data:
         raise EmptyFileError()
     if data[128:132] == b"DICM":
@@ -38,9 +41,17 @@ def sniff(data: bytes) -> str:
         return "jpeg"
     if data.startswith(TIFF_MAGICS):
         return "tiff"
+    if looks_like_bmp(data):
+        return "bmp"
     if looks_like_bare_dicom(data):
         return "dicom"
     raise UnsupportedFormatError()
+
+
+def looks_like_bmp(data: bytes) -> bool:
+    """"BM", then a known DIB header size at offset 14 (the two-byte magic alone matches stray text)."""
+    return (len(data) >= 26 and data.startswith(BMP_MAGIC)
+            and int.from_bytes(data[14:18], "little") in _BMP_DIB_SIZES)
 
 
 def looks_like_bare_dicom(data: bytes) -> bool:

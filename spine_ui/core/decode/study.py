@@ -20,15 +20,20 @@ class StudyMeta:
     original_shape: tuple[int, int] = (0, 0)
     original_dtype: str = ""
     colorfulness: float = 0.0  # Hasler-Suesstrunk colourfulness of an RGB raster (0 for grayscale)
+    #: The file's own Window Center/Width pairs (modality units) with their explanations, for the viewer.
+    windows: tuple[tuple[float, float, str], ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. "VOI LUT applied", "MONOCHROME1 inverted"
 
 
 @dataclass(frozen=True)
 class Study:
-    """``pixels``: float32 H x W in [0, 1], bone bright (MONOCHROME2 sense), windowed for display."""
+    """``pixels``: float32 H x W in [0, 1], bone bright (MONOCHROME2 sense), windowed for display.
+    ``original``: the stored values after the Modality LUT (DICOM) or the gray samples before scaling (raster),
+    H x W, for window/level in the viewer; None when the decoder did not keep them."""
 
     pixels: np.ndarray
     meta: StudyMeta
+    original: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -38,5 +43,6 @@ class Study:
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
 
     def without_pixels(self) -> "Study":
-        """A metadata-only copy: the full-resolution pixels are released once the working image exists."""
+        """A metadata-only copy: the full-resolution pixels (and original values) are released once the working
+        image and the display copy exist."""
         return Study(np.zeros((0, 0), np.float32), StudyMeta(**{**self.meta.__dict__, "original_shape": self.shape}))

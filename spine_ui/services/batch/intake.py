@@ -18,7 +18,7 @@ from spine_ui.services.batch.rows import safe_name
 log = logging.getLogger(__name__)
 
 #: the name, decides the decoder). Extension-less files are taken too: DICOM exports often have none.
-IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 ARCHIVE_SUFFIXES = frozenset({".zip"})
 #: Never studies: DICOM media directories and OS clutter (listed as skipped); hidden folders are not searched.
 SKIP_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
