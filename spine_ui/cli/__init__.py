@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="per-stage timings on a synthetic DICOM (onnx vs eager torch)")
     add_arguments(be)
     be.set_defaults(func=run_from_args)
+    from spine_ui.cli import audit, db, users  # noqa: E402  (store, sign-in and audit commands)
+
+    db.register(sub); users.register(sub); audit.register(sub)  # noqa: E702
     return p
 
 
