@@ -133,6 +133,33 @@ class RuntimeConfig:
         )
 
 
+def _env_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """An integer environment variable clamped to [lo, hi]; unset or unparsable -> ``default``."""
+    text = os.environ.get(name, "").strip()
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        value = default
+    return None if value is None else max(lo, min(int(value), hi))
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """The web app's knobs: ``SPINE_CACHE_STUDIES`` (studies held analysed in memory, also the largest
+    worklist), ``SPINE_LIME_SAMPLES`` (default LIME samples; else the bundle's), ``SPINE_SOURCE_URL`` (the
+    AGPL source link in the footer)."""
+
+    cache_studies: int = 64
+    lime_samples: int | None = None
+    source_url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "UIConfig":
+        return cls(cache_studies=_env_int("SPINE_CACHE_STUDIES", 64, 1, 1000),
+                   lime_samples=_env_int("SPINE_LIME_SAMPLES", None, 8, 2000),
+                   source_url=os.environ.get("SPINE_SOURCE_URL") or None)
+
+
 T = TypeVar("T")
 
 

@@ -128,7 +128,7 @@ def test_full_analysis_keeps_no_identifiers_or_temp_files(full_bundle_dir, tmp_p
     outputs written: nothing identifying in logs (DEBUG), stdout/stderr, warnings, the finding or the files
     written, and nothing left in the temporary directory."""
     from spine_ui.bundle.store import open_bundle
-    from spine_ui.cli import _write_outputs
+    from spine_ui.cli.analyze import _write_outputs
     from spine_ui.core.pipeline import AnalysisOptions, Analyzer
 
     src = patient_dicom(tmp_path)

@@ -209,10 +209,10 @@ def test_normal_study_offers_explain_anyway(ui, monkeypatch):
 
 
 def test_forgotten_study_asks_for_a_new_upload(ui):
-    from spine_ui.ui.app import RecentStudies
+    from spine_ui.ui.handlers import RecentStudies
 
     lru = RecentStudies(2)
-    keys = [lru.put(bytes([i]) * 10) for i in range(3)]
+    keys = [lru.put(f"k{i}", bytes([i]) * 10) for i in range(3)]
     assert lru.get(keys[0]) is None and lru.get(keys[2]) == bytes([2]) * 10
     final, _ = drain(ui.on_explain("0" * 64, False, LIME_SAMPLES))
     assert "no longer held in memory" in value(final["error"])

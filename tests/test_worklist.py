@@ -324,7 +324,7 @@ def drain(gen) -> tuple[dict, list[dict], list[dict]]:
 @pytest.fixture(scope="module")
 def wlui(analyzer, tmp_path_factory):
     pytest.importorskip("gradio")
-    from spine_ui.ui.app import SpineUI
+    from spine_ui.ui.handlers import SpineUI
     from spine_ui.ui.worklist import WorklistUI
 
     ui = SpineUI(analyzer, lime_samples=LIME_SAMPLES)
@@ -440,13 +440,17 @@ def test_app_has_a_worklist_tab(analyzer, tmp_path_factory, monkeypatch):
 
 def test_default_cache_holds_a_worklist(monkeypatch):
     pytest.importorskip("gradio")
-    from spine_ui.ui.app import DEFAULT_CACHE_STUDIES, RecentStudies, cache_studies
+    from spine_ui.config import UIConfig
+    from spine_ui.ui.handlers import RecentStudies
 
-    assert cache_studies() == DEFAULT_CACHE_STUDIES >= 32
+    monkeypatch.delenv("SPINE_CACHE_STUDIES", raising=False)
+    assert UIConfig.from_env().cache_studies == UIConfig().cache_studies >= 32
     monkeypatch.setenv("SPINE_CACHE_STUDIES", "100")
-    assert cache_studies() == 100
+    assert UIConfig.from_env().cache_studies == 100
+    monkeypatch.setenv("SPINE_CACHE_STUDIES", "lots")
+    assert UIConfig.from_env().cache_studies == UIConfig().cache_studies
     lru = RecentStudies(10, max_bytes=25)
-    keys = [lru.put(bytes([i]) * 10) for i in range(3)]
+    keys = [lru.put(f"k{i}", bytes([i]) * 10) for i in range(3)]
     assert lru.get(keys[0]) is None and lru.get(keys[1]) and lru.get(keys[2])  # byte budget, not only count
 
 

@@ -161,3 +161,9 @@ def run_from_args(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def register(sub) -> None:
+    be = sub.add_parser("bench", help="per-stage timings on a synthetic DICOM (onnx vs eager torch)")
+    add_arguments(be)
+    be.set_defaults(func=run_from_args)

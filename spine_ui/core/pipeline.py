@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -107,6 +107,10 @@ class Analyzer:
         self._cache: LRU[str, Analysis] = LRU(cache_size)
 
     # --- stages -------------------------------------------------------------------------------------------
+    def cached(self, key: str | None) -> Analysis | None:
+        """The analysis held for this content hash, if the cache still has it."""
+        return self._cache.get(key) if key else None
+
     def load(self, source: str | Path | bytes, filename: str = "") -> Analysis:
         """Decode, enhance and run the tag/image gate layers (cached by content hash)."""
         data = Path(source).read_bytes() if not isinstance(source, (bytes, bytearray)) else bytes(source)
@@ -162,10 +166,12 @@ class Analyzer:
         return a
 
     # --- orchestration ------------------------------------------------------------------------------------
-    def stages(self, source: str | Path | bytes, filename: str = "", options: AnalysisOptions = AnalysisOptions(),
+    def stages(self, source: str | Path | bytes | Analysis, filename: str = "",
+               options: AnalysisOptions = AnalysisOptions(),
                progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, Analysis]]:
-        """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive."""
-        a = self.load(source, filename)
+        """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive. ``source``
+        may be an analysis already loaded (a follow-up action on a cached study): nothing done is redone."""
+        a = source if isinstance(source, Analysis) else self.load(source, filename)
         yield "gate", a
         if not a.accepted:
             return
@@ -182,7 +188,7 @@ class Analyzer:
             self.lime(a, options.lime_samples, progress)
             yield "lime", a
 
-    def analyze(self, source: str | Path | bytes, filename: str = "",
+    def analyze(self, source: str | Path | bytes | Analysis, filename: str = "",
                 options: AnalysisOptions = AnalysisOptions()) -> Analysis:
         a = None
         for _stage, a in self.stages(source, filename, options):

@@ -1,6 +1,6 @@
 """The worklist tab: many studies at once, sorted by risk, reviewed case by case.
 
-Handlers only (the layout lives in ``app.build_app``); like :class:`~spine_ui.ui.app.SpineUI` they are plain
+Handlers only (the layout lives in ``layout.worklist_tab``); like :class:`~spine_ui.ui.handlers.SpineUI` they are plain
 generators yielding ``{output name: value}`` and can be called without a server. Opening a study reuses
 SpineUI's own streaming and views (``SpineUI.run`` / ``view`` / ``failed``), so a worklist case looks exactly like
 the single-study result.
@@ -109,7 +109,7 @@ class WorklistStore:
 
 
 class WorklistUI:
-    """Worklist handlers over a :class:`~spine_ui.ui.app.SpineUI` (its uploads, LRU, analyzer and views)."""
+    """Worklist handlers over a :class:`~spine_ui.ui.handlers.SpineUI` (its uploads, LRU, analyzer and views)."""
 
     def __init__(self, spine: Any, max_studies: int | None = None, limits: ArchiveLimits = UPLOAD_LIMITS) -> None:
         self.ui = spine
@@ -181,7 +181,7 @@ class WorklistUI:
                 for row in analyze_batch(self.analyzer, feed(), self.batch_options(always), progress=tick):
                     data = held.pop("data", None)
                     if data is not None and row.key and row.verdict != "unreadable":
-                        self.ui.recent.put(data)  # bytes in memory only, keyed by content hash (for reopening)
+                        self.ui.recent.put(row.key, data)  # bytes in memory only, by content hash (for reopening)
                     wl.add(row)
                     yield self.list_view(wl, workdir)
             except Exception as exc:  # e.g. the bundle became unusable: never a traceback in the page
@@ -274,7 +274,7 @@ class WorklistUI:
                 "wl_prev": gr.update(interactive=pos > 0), "wl_next": gr.update(interactive=pos < len(numbers) - 1),
                 "wl_review": gr.update(value=row.review or "none"), "wl_comment": gr.update(value=row.comment),
                 "wl_saved": ""}
-        data = self.ui.recent.get(row.key) if row.verdict != "unreadable" else None
+        data = self.ui.source(row.key) if row.verdict != "unreadable" else None
         if data is None:
             title, message = (("The file could not be read", row.reason or "The file could not be read.")
                               if row.verdict == "unreadable" else ("Study not in memory", GONE_STUDY))
@@ -284,7 +284,8 @@ class WorklistUI:
             return
         opts = self.ui.options(always, lime_samples, explain=False, lime=False)
         first = True
-        updates = self.ui.run(data, opts, progress=progress, new_state=True)  # cached: nothing is recomputed
+        updates = self.ui.run(data, opts, progress=progress)  # cached: nothing is recomputed
+        base["state"] = row.key if row.accepted else None
         try:
             for out in updates:
                 if wl.current != number:  # the reviewer already opened another study
