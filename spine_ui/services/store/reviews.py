@@ -72,14 +72,16 @@ class Reviews:
             raise StoreError(self.error)
         return s
 
-    def _try(self, fn: Callable[[Store], Any], default: Any = None) -> Any:
-        """``fn(store)``; a store error is remembered in ``error`` and gives ``default``."""
+    def _try(self, fn: Callable[[Store], Any], default: Any = None, write: bool = False) -> Any:
+        """``fn(store)``; a store error is remembered in ``error`` (until a write succeeds) and gives
+        ``default``."""
         s = self.store()
         if s is None:
             return default
         try:
             out = fn(s)
-            self.error = None
+            if write:
+                self.error = None
             return out
         except StoreError as exc:
             self.error = exc.user_message
@@ -101,23 +103,23 @@ class Reviews:
     # ------------------------------------------------------------------ app calls
     def audit(self, user: str, action: str, key: str | None = None, version: str | None = None,
               outcome: str = "ok") -> None:
-        self._try(lambda s: s.audit(user, action, key, version, outcome))
+        self._try(lambda s: s.audit(user, action, key, version, outcome, raise_errors=True), write=True)
 
     def record_finding(self, finding: Finding, user: str) -> None:
         """Keep an analysed study's finding and audit it (skipped when the database is not available)."""
         if finding.key and not finding.error:
-            self._try(lambda s: s.save_finding(finding))
+            self._try(lambda s: s.save_finding(finding), write=True)
         outcome = finding.verdict or "ok"
         self.audit(user, "analysed", finding.key, finding.bundle.version, outcome)
 
     def new_worklist(self, user: str, title: str = "") -> str | None:
-        return self._try(lambda s: s.create_worklist(user, title))
+        return self._try(lambda s: s.create_worklist(user, title), write=True)
 
     def save_rows(self, worklist_id: str | None, numbered: Sequence[tuple[int, WorklistRow]]) -> None:
         if not worklist_id:
             return
         entries = [Entry(n, r.key, self.display_name(r.study, r.key), r.verdict, r.reason) for n, r in numbered]
-        self._try(lambda s: s.add_to_worklist(worklist_id, entries))
+        self._try(lambda s: s.add_to_worklist(worklist_id, entries), write=True)
 
     def with_marks(self, rows: Sequence[WorklistRow], user: str) -> list[WorklistRow]:
         """``rows`` with the marks already stored for their studies (a re-uploaded study finds its marks)."""

@@ -269,8 +269,8 @@ class Store:
 
     # ------------------------------------------------------------------ audit
     def audit(self, user: str, action: str, key: str | None = None, bundle_version: str | None = None,
-              outcome: str = "ok") -> bool:
-        """Append an audit event. Never raises for a database failure (logged; returns False)."""
+              outcome: str = "ok", raise_errors: bool = False) -> bool:
+        """Append an audit event. A database failure is logged and gives False (raised with ``raise_errors``)."""
         if action not in ACTIONS:
             raise ValueError(f"unknown audit action {action!r}")
         row = AuditRow(time=utcnow(), user=clean_text(user) or "local", action=action, study_key=key,
@@ -279,6 +279,8 @@ class Store:
             self._write(lambda s: s.add(row))
             return True
         except StoreError as exc:
+            if raise_errors:
+                raise
             log.warning("Audit event not recorded (%s).", type(exc).__name__)
             return False
 
