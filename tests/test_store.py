@@ -14,7 +14,6 @@ from spine_ui.core.finding import BundleInfo, Finding
 from spine_ui.errors import (StoreCorruptError, StoreFullError, StoreLockedError, StoreReadOnlyError,
                              StoreUnavailableError)
 from spine_ui.services.store import Entry, Store, head_revision, make_engine, upgrade
-from spine_ui.services.store.engine import alembic_config
 
 K1, K2 = "1" * 64, "2" * 64
 
