@@ -43,7 +43,7 @@ class SavedWorklists:
                else f"Signed in as <b>{html.escape(user)}</b> ({html.escape(role)})")
         store = self.reviews.error
         db = (f'<span class="sx-wl-note-bad">{html.escape(store)}</span>' if store
-              else "reviews are saved to the review database")
+              else f"reviews are saved to {html.escape(self.reviews.describe())}")
         return f'<div class="sx-whoami">{who} &middot; {db}</div>'
 
     def choices(self, user: str) -> list[tuple[str, str]]:

@@ -428,4 +428,4 @@ def _remembering(reader, held: dict[str, bytes | None]):
 
 
 __all__ = ["CSV_NAME", "JSON_NAME", "TABLE_HEADERS", "WL_OUTPUTS", "Worklist", "WorklistStore", "WorklistUI",
-           "nav_html", "summary_html", "table_row"]
+           "intro_html", "nav_html", "placeholder_html", "status_note", "summary_html", "table_row"]

@@ -13,6 +13,8 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
+from sqlalchemy.engine import make_url
+
 from spine_ui.config import StoreConfig
 from spine_ui.core.finding import Finding
 from spine_ui.errors import StoreError
@@ -21,6 +23,7 @@ from spine_ui.services.store.store import Entry, Mark, Store, StoredWorklist, Wo
 
 log = logging.getLogger(__name__)
 RETRY_S = 5.0
+STORED_GONE = "The stored finding of this study was deleted (retention period); upload the file again."
 
 
 def iso(mark: Mark) -> str:
@@ -89,9 +92,10 @@ class Reviews:
             return default
 
     def describe(self) -> str:
+        """Where reviews go, for the page (no password)."""
         if self.config.database_url:
-            url = self.require().engine.url if self._store else None
-            return f"PostgreSQL ({url.host}/{url.database})" if url else "PostgreSQL"
+            url = make_url(self.config.url)
+            return f"PostgreSQL ({url.host or 'local socket'}/{url.database})"
         return f"SQLite ({self.config.data_dir / 'spine.db'})"
 
     def display_name(self, name: str, key: str | None) -> str:
@@ -156,8 +160,9 @@ class Reviews:
             if f is not None:
                 row = row_from_finding(e.display_name, f.finding)
             else:
-                row = WorklistRow(e.display_name, e.verdict if e.verdict in ("rejected", "unreadable") else
-                                  "unreadable", reason=e.reason or GENERIC_FAILURE, key=e.key)
+                gone = e.verdict not in ("rejected", "unreadable")  # its finding was deleted (retention)
+                row = WorklistRow(e.display_name, "unreadable" if gone else e.verdict, key=e.key,
+                                  reason=STORED_GONE if gone else (e.reason or GENERIC_FAILURE))
             rows.append(with_mark(row, shown_mark(stored.marks.get(e.key, ()), user)) if e.key else row)
         return rows, stored
 
