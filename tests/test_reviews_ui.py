@@ -200,3 +200,34 @@ def test_no_patient_identifiers_in_the_database(bundle, tmp_path):
     found = [s for s in SECRETS if s.lower().encode() in blob.lower()]
     assert found == []
     assert b"Zyxwa_Quorbella" not in blob
+
+
+def test_review_api_over_http(bundle, studies, tmp_path, monkeypatch):
+    """A script's view: gradio_client adds studies to a worklist, marks one, reads it back with its marks."""
+    from gradio_client import Client, handle_file
+
+    from spine_ui.core.pipeline import Analyzer
+    from spine_ui.ui.app import build_app
+    from uihelpers import free_port
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gr"))
+    cfg = StoreConfig(data_dir=tmp_path / "data")
+    demo = build_app(Analyzer(bundle, cache_size=8), examples_dir=None, lime_samples=8, reviews=Reviews(cfg))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        added = client.predict([handle_file(str(studies["a"])), handle_file(str(studies["b"]))], "",
+                               api_name="/worklist_add")
+        wl_id = added["worklist_id"]
+        key = added["studies"][0]["key"]
+        saved = client.predict(wl_id, key, "disagree", "scripted", api_name="/review_mark")
+        assert saved["saved"] is True and saved["mark"]["reviewer"] == "local"
+        read = client.predict(wl_id, api_name="/worklist")
+        marked = next(s for s in read["studies"] if s["key"] == key)
+        assert [(m["review"], m["comment"]) for m in marked["marks"]] == [("disagree", "scripted")]
+        assert marked["reviewer"] == "local" and marked["reviewed_at"]
+        assert "events" in client.predict("", api_name="/audit_export")  # sign-in off: the local user is admin
+    finally:
+        demo.close()
+    assert Store.open(cfg).marks_for(key)[0].comment == "scripted"  # in the database, not just the answer
