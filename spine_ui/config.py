@@ -70,7 +70,7 @@ DEFAULT_CLASSIFIERS: tuple[ClassifierSpec, ...] = (
 
 @dataclass(frozen=True)
 class TriageConfig:
-    """Weighted soft voting with a gate; TTA views are names from ``spine_ui.core.triage.TTA_VIEWS``."""
+    """Weighted soft voting with a gate; TTA views are names from ``spine_ui.core.contract.TTA_VIEWS``."""
 
     gate: float = 0.478
     tta_views: tuple[str, ...] = ("identity", "hflip", "rot+5", "rot-5", "zoom0.9")

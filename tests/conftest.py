@@ -23,7 +23,7 @@ import spine_ui  # noqa: E402  (applies the offline environment first)
 
 BUILDER_SOURCES = ["spine_ui/bundle/untrained.py", "spine_ui/bundle/export.py", "spine_ui/bundle/architectures.py",
                    "spine_ui/bundle/manifest.py", "spine_ui/config.py", "spine_ui/core/preprocess.py",
-                   "spine_ui/synth/phantom.py", "spine_ui/synth/anatomy.py",
+                   "spine_ui/core/contract.py", "spine_ui/synth/phantom.py", "spine_ui/synth/anatomy.py",
                    "spine_ui/synth/lesions.py"]
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from spine_ui.config import PreprocessConfig
-from spine_ui.core.preprocess import enhance, normalise, preprocess, to_model_input, to_square
+from spine_ui.core.contract import preprocess, to_model_input
+from spine_ui.core.preprocess import enhance, normalise, to_square
 
 
 def test_enhance_is_clahe_clip_2_at_working_size():

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from spine_ui.config import PreprocessConfig
 from spine_ui.train.config import (ClassifierTrainConfig, DetectorTrainConfig, ReportConfig, STAGES, TrainArgs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def _png_set(tmp_path: Path, n: int = 6, size=(80, 60)) -> tuple[list[Path], np.
 def test_dataset_uses_the_serving_preprocessing(tmp_path):
     import torch
 
-    from spine_ui.core.preprocess import to_model_input
+    from spine_ui.core.contract import to_model_input
     from spine_ui.train.classifier import CachedImages, augment
 
     paths, labels = _png_set(tmp_path, 2)
@@ -236,10 +237,10 @@ def test_default_run_dir():
 
 
 def test_cli_parser(capsys):
-    from spine_ui.train.runner import add_train_parser, args_from_namespace, cmd_train
+    from spine_ui.cli.train import args_from_namespace, cmd_train, register
 
     parser = argparse.ArgumentParser(prog="python -m spine_ui")
-    add_train_parser(parser.add_subparsers(dest="cmd", required=True))
+    register(parser.add_subparsers(dest="cmd", required=True))
     ns = parser.parse_args(["train", "--data", "d", "--out", "models/n", "--synthetic", "40", "--epochs", "2",
                             "--det-epochs", "1", "--imgsz", "128", "--det-imgsz", "96", "--folds", "3",
                             "--stages", "classify,select", "--device", "cpu", "--pretrained", "--resume"])
@@ -252,6 +253,25 @@ def test_cli_parser(capsys):
     assert "unknown stage" in capsys.readouterr().err
 
 
+def test_progress_goes_through_logging(capsys):
+    import logging
+    import re
+
+    from spine_ui.train.runner import _progress_to_stderr
+
+    stage = logging.getLogger("spine_ui.train.stages.data")
+    with _progress_to_stderr(True):
+        stage.info("cache %s: %d images", "train", 3)
+        stage.warning("careful")
+    with _progress_to_stderr(False):
+        stage.info("hidden when quiet")
+        stage.warning("shown when quiet")
+    err = capsys.readouterr().err
+    assert re.search(r"\[train +0:\d\d\.\d\] cache train: 3 images", err)
+    assert "] WARNING: careful" in err and "hidden" not in err and "shown when quiet" in err
+    assert not logging.getLogger("spine_ui.train").handlers  # the handler is removed after the run
+
+
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -262,7 +282,8 @@ def tiny_run(tmp_path_factory):
     args = TrainArgs(data=root / "data", out=root / "models" / "tiny", synthetic=12, synthetic_height=128,
                      epochs=1, det_epochs=1, imgsz=64, det_imgsz=64, folds=2, batch=4, det_batch=4,
                      det_arch="yolo11n", workers=0, device="cpu", verbose=False,
-                     detector=DetectorTrainConfig(nbs=4, plots=False), report=ReportConfig(bootstrap=200))
+                     detector=DetectorTrainConfig(nbs=4, plots=False), report=ReportConfig(bootstrap=200),
+                     preprocess=PreprocessConfig(clahe_clip=2.5))  # not the default: the manifest must carry it
     t0 = time.perf_counter()
     result = train(args)
     return args, result, time.perf_counter() - t0
@@ -278,6 +299,7 @@ def test_tiny_run_writes_bundle_report_and_folds(tiny_run):
     assert man.trained and man.detector is not None and man.detector.arch == "yolo11n"
     assert [c.arch for c in man.classifiers] == ["densenet121", "tf_efficientnetv2_s", "resnet50"]
     assert all(c.input_size == 64 for c in man.classifiers)
+    assert man.preprocess == args.preprocess != PreprocessConfig()  # what training used, not the default
     sel = json.loads((run / "select" / "done.json").read_text())["result"]
     assert sel["source"] == "cross-validation"
     assert sum(man.weights.values()) == pytest.approx(1.0)

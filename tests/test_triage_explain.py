@@ -10,7 +10,9 @@ from spine_ui.core.explain.gradcam import exact_gradcam, explain_gradcam, fused_
 from spine_ui.core.explain.lime_explainer import explain_lime
 from spine_ui.core.preprocess import enhance
 from spine_ui.synth.phantom import render_spine
-from spine_ui.core.triage import ModelOutput, TriageResult, run_triage, tta_batch, weighted_vote
+from spine_ui.config import PreprocessConfig
+from spine_ui.core.contract import model_input, weighted_vote
+from spine_ui.core.triage import ModelOutput, TriageResult, run_triage
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +37,14 @@ def test_gate_is_inclusive_at_0478(p, abnormal):
 
 def test_tta_batch_shapes_and_identity_first(enhanced):
     views = ("identity", "hflip", "rot+5", "rot-5", "zoom0.9")
-    batch, placement = tta_batch(enhanced, 96, views, "stretch", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    batch, placement = model_input(enhanced, 96, views, PreprocessConfig(resize="stretch"))
     assert batch.shape == (5, 3, 96, 96) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[1], batch[0][:, :, ::-1], atol=1e-6)  # hflip
     assert placement.size == 96
     with pytest.raises(ValueError, match="first TTA view must be 'identity'"):
-        tta_batch(enhanced, 96, ("hflip", "identity"), "stretch", (0, 0, 0), (1, 1, 1))
+        model_input(enhanced, 96, ("hflip", "identity"))
     with pytest.raises(ValueError, match="unknown TTA views"):
-        tta_batch(enhanced, 96, ("identity", "spin"), "stretch", (0, 0, 0), (1, 1, 1))
+        model_input(enhanced, 96, ("identity", "spin"))
 
 
 def test_triage_result_matches_manifest(small_bundle_dir, enhanced):
@@ -88,7 +90,7 @@ def test_exact_cam_equals_pytorch_grad_cam(small_bundle_dir, enhanced):
     r = run_triage(enhanced, onnx_b, tta=False)
     pp = onnx_b.manifest.preprocess
     for entry in onnx_b.classifiers:
-        batch, _ = tta_batch(enhanced, entry.input_size, ("identity",), pp.resize, pp.mean, pp.std)
+        batch, _ = model_input(enhanced, entry.input_size, ("identity",), pp)
         backprop = torch_gradcam(onnx_b.torch_classifier(entry.arch).model, entry.cam_layer, batch)
         exact = exact_gradcam(r.feature_maps[entry.arch], onnx_b.heads[entry.arch], entry.input_size)
         assert backprop.shape == exact.shape == (entry.input_size, entry.input_size)
@@ -131,7 +133,7 @@ def test_lime_is_deterministic_with_a_seed(small_bundle_dir, enhanced):
 def test_onnx_accepts_other_sizes_like_torch(small_bundle_dir, enhanced):
     """LIME scores at ExplainConfig.lime_size, not the serving size: every exported classifier (tf_ included)
     must take other spatial sizes and agree with eager torch there."""
-    from spine_ui.core.preprocess import to_model_input
+    from spine_ui.core.contract import to_model_input
 
     onnx_b, torch_b = open_bundle(small_bundle_dir, "onnx"), open_bundle(small_bundle_dir, "torch")
     for size in (onnx_b.manifest.explain.lime_size, 130):

@@ -14,7 +14,8 @@ from torch import nn
 
 from spine_ui import __version__
 from spine_ui.config import DEFAULT_CLASSIFIERS, ClassifierSpec, DetectorConfig, PreprocessConfig
-from spine_ui.core.preprocess import enhance, to_model_input
+from spine_ui.core.contract import to_model_input
+from spine_ui.core.preprocess import enhance
 from spine_ui.bundle.architectures import build_classifier, build_detector, detector_yaml
 from spine_ui.bundle.export import assemble
 from spine_ui.bundle.manifest import Manifest

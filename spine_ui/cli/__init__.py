@@ -26,8 +26,7 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spine_ui.cli import analyze, audit, bench, bundle, db, users
-    from spine_ui.train.runner import add_train_parser
+    from spine_ui.cli import analyze, audit, bench, bundle, db, train, users
 
     p = argparse.ArgumentParser(prog="python -m spine_ui", description="SpineXR Triage (research use only).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=512)
     s.set_defaults(func=cmd_synth)
 
-    add_train_parser(sub)
+    train.register(sub)
 
     sv = sub.add_parser("serve", help="start the web app (same as python app.py)")
     sv.set_defaults(func=lambda _args: _serve())

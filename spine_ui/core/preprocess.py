@@ -1,7 +1,8 @@
-"""The one preprocessing path for training and serving.
+"""The image operations of the one preprocessing path for training and serving.
 
 pixels in [0, 1] --enhance()--> CLAHE uint8 image at working resolution (what the detector, the display
-and the training cache use) --to_model_input()--> normalised float32 3 x S x S classifier input.
+and the training cache use) --to_square() + normalise()--> normalised float32 3 x S x S classifier input.
+``spine_ui.core.contract.model_input`` composes the second step (with the TTA views) for both sides.
 """
 from __future__ import annotations
 
@@ -79,15 +80,3 @@ def normalise(square_u8: np.ndarray, cfg: PreprocessConfig = PreprocessConfig())
     x = np.expand_dims(x, -3)  # channel axis
     return ((x - mean) / std).astype(np.float32)
 
-
-def to_model_input(enhanced: np.ndarray, size: int,
-                   cfg: PreprocessConfig = PreprocessConfig()) -> tuple[np.ndarray, Placement]:
-    """Enhanced uint8 image -> (3 x size x size float32, placement)."""
-    square, placement = to_square(enhanced, size, cfg.resize)
-    return normalise(square, cfg), placement
-
-
-def preprocess(pixels: np.ndarray, size: int,
-               cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Convenience: raw pixels in [0, 1] -> classifier input (training and serving both use this path)."""
-    return to_model_input(enhance(pixels, cfg), size, cfg)[0]

@@ -1,40 +1,15 @@
 """DERNet triage: three timm classifiers, test-time augmentation batched into one call per model, and a
-weighted soft vote compared against the gate (P >= gate -> abnormal)."""
+weighted soft vote compared against the gate (P >= gate -> abnormal). The input assembly, the TTA views and
+the vote are the model contract (``spine_ui.core.contract``), shared with training."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
-import cv2
 import numpy as np
 
 from spine_ui.bundle.store import Bundle
-from spine_ui.core.preprocess import Placement, normalise, to_square
-
-View = Callable[[np.ndarray], np.ndarray]
-
-
-def _affine(angle: float = 0.0, scale: float = 1.0) -> View:
-    def apply(img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, scale)
-        return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return apply
-
-
-#: Registry of test-time views on the square uint8 model input. View 0 must be "identity" (CAM uses it).
-TTA_VIEWS: dict[str, View] = {
-    "identity": lambda img: img,
-    "hflip": lambda img: np.ascontiguousarray(img[:, ::-1]),
-    "rot+5": _affine(angle=5.0),
-    "rot-5": _affine(angle=-5.0),
-    "zoom0.9": _affine(scale=0.9),
-    "zoom1.1": _affine(scale=1.1),
-}
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+from spine_ui.core.contract import model_input, sigmoid, weighted_vote
+from spine_ui.core.preprocess import Placement
 
 
 @dataclass(frozen=True)
@@ -69,35 +44,13 @@ class TriageResult:
                                     "views": list(m.view_probabilities)} for m in self.models}}
 
 
-def tta_batch(enhanced: np.ndarray, size: int, views: tuple[str, ...], policy: str,
-              mean, std) -> tuple[np.ndarray, Placement]:
-    """The N-view normalised batch for one model (N = len(views))."""
-    from spine_ui.config import PreprocessConfig
-
-    if not views or views[0] != "identity":
-        raise ValueError("the first TTA view must be 'identity'")
-    unknown = [v for v in views if v not in TTA_VIEWS]
-    if unknown:
-        raise ValueError(f"unknown TTA views {unknown}; known: {sorted(TTA_VIEWS)}")
-    square, placement = to_square(enhanced, size, policy)
-    stack = np.stack([TTA_VIEWS[v](square) for v in views])
-    return normalise(stack, PreprocessConfig(mean=tuple(mean), std=tuple(std))), placement
-
-
-def weighted_vote(probabilities: dict, weights: dict[str, float]):
-    """Soft voting: sum_m w_m p_m / sum_m w_m (scalars or arrays of per-image probabilities)."""
-    total = sum(weights[a] for a in probabilities)
-    return sum(weights[a] * p for a, p in probabilities.items()) / total
-
-
 def run_triage(enhanced: np.ndarray, bundle: Bundle, tta: bool = True) -> TriageResult:
     """Classify one enhanced (CLAHE uint8) image with every ensemble member."""
     man = bundle.manifest
     views = man.triage.tta_views if tta else ("identity",)
     outputs, maps, placements = [], {}, {}
     for entry in man.classifiers:
-        batch, placement = tta_batch(enhanced, entry.input_size, views, man.preprocess.resize,
-                                     man.preprocess.mean, man.preprocess.std)
+        batch, placement = model_input(enhanced, entry.input_size, views, man.preprocess)
         logits, feats = bundle.classifier(entry.arch)(batch)
         probs = sigmoid(logits)
         outputs.append(ModelOutput(entry.arch, entry.weight, float(probs.mean()), float(logits[0]),

@@ -1,9 +1,10 @@
 """Training and scoring of one DERNet member (timm backbone, one logit).
 
 The dataset reads the cached enhanced PNGs (``spine_ui.train.vindr.build_cache``: the server's
-``enhance()`` output), augments that working image, then applies ``spine_ui.core.preprocess.to_model_input``
-(resize + normalise), the function the server uses. Scoring uses ``spine_ui.core.triage.tta_batch``, so
-out-of-fold and test probabilities are computed exactly as ``run_triage`` computes them.
+``enhance()`` output), augments that working image, then applies the model contract
+(``spine_ui.core.contract.to_model_input``: resize + normalise), as the server does. Scoring uses
+``contract.model_input`` with the serving TTA views, so out-of-fold and test probabilities are computed
+exactly as ``run_triage`` computes them.
 
 Checkpoints (per unit of work = one architecture on one fold, or the final fit)::
 
@@ -29,8 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spine_ui.bundle.architectures import build_classifier
 from spine_ui.config import PreprocessConfig
-from spine_ui.core.preprocess import to_model_input
-from spine_ui.core.triage import sigmoid, tta_batch
+from spine_ui.core.contract import model_input, rotate, sigmoid, to_model_input
 from spine_ui.train.config import ClassifierTrainConfig
 from spine_ui.train.metrics import auroc
 
@@ -55,10 +55,7 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: ClassifierTrainConfi
     if rng.random() < cfg.hflip:
         out = np.ascontiguousarray(out[:, ::-1])
     if cfg.rotation > 0:
-        angle = float(rng.uniform(-cfg.rotation, cfg.rotation))
-        h, w = out.shape
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-        out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = rotate(out, float(rng.uniform(-cfg.rotation, cfg.rotation)))
     if cfg.brightness > 0 or cfg.contrast > 0:
         x = out.astype(np.float32)
         x *= float(rng.uniform(1.0 - cfg.brightness, 1.0 + cfg.brightness))
@@ -297,8 +294,7 @@ def predict(model: nn.Module, paths: Sequence[Path], size: int, views: tuple[str
     with torch.no_grad():
         for start in range(0, len(paths), per):
             chunk = paths[start:start + per]
-            stack = np.concatenate([tta_batch(read_enhanced(p), size, views, preprocess.resize, preprocess.mean,
-                                              preprocess.std)[0] for p in chunk])
+            stack = np.concatenate([model_input(read_enhanced(p), size, views, preprocess)[0] for p in chunk])
             x = torch.from_numpy(stack).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 z = model(x)[:, 0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spine_ui.config import DEFAULT_CLASSIFIERS, TriageConfig
+from spine_ui.config import DEFAULT_CLASSIFIERS, PreprocessConfig, TriageConfig
 
 STAGES: tuple[str, ...] = ("classify", "detect", "select", "report", "export")
 
@@ -142,9 +142,11 @@ class TrainArgs:
     device: str = "auto"  # auto | cpu | cuda
     pretrained: bool = False
     resume: bool = False
-    run_dir: Path | None = None  # default: see runner.default_run_dir
+    run_dir: Path | None = None  # default: see spine_ui.train.runner.default_run_dir
     name: str | None = None  # bundle name (default: the out folder's name)
     verbose: bool = True
+    #: the preprocessing the cache, the classifiers and the exported manifest use (serving reads it back)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
     detector: DetectorTrainConfig = field(default_factory=DetectorTrainConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)

@@ -1,7 +1,7 @@
 """Choice of the ensemble weights and the gate from out-of-fold (OOF) predictions.
 
 - Weights: exhaustive grid over the simplex in ``step`` increments (0.05 -> 231 candidates for three
-  models; each weight >= 0, sum 1) maximising the OOF AUROC of the soft vote ``spine_ui.core.triage.weighted_vote``.
+  models; each weight >= 0, sum 1) maximising the OOF AUROC of the soft vote ``spine_ui.core.contract.weighted_vote``.
   Ties (common: AUROC is a rank statistic) go to the candidate nearest (Euclidean) to the default weights,
   then to the first in enumeration order, so the result is deterministic.
 - Gate: Youden's J on the OOF ensemble probabilities with the chosen weights
@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from spine_ui.core.triage import weighted_vote
+from spine_ui.core.contract import weighted_vote
 from spine_ui.train.metrics import auroc, youden_threshold
 
 

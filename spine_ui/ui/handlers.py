@@ -288,10 +288,10 @@ class SpineUI:
         return out
 
     def view(self, stage: str, a: Analysis, opts: AnalysisOptions, workdir: Path) -> dict[str, Any]:
-        finding = a.finding().to_dict()
+        finding = a.finding()
         if not a.accepted:
-            return self.failed("Input rejected - not analysed", a.gate.reason or "The image was rejected.",
-                               finding["gate_layers"])
+            return self.failed("Input rejected - not analysed", finding.reason or "The image was rejected.",
+                               finding.gate_layers)
         if stage == "gate":
             out = self.cleared()
             del out["state"]
@@ -300,7 +300,7 @@ class SpineUI:
         out: dict[str, Any] = {
             "error": gr.update(value="", visible=False),
             "triage": R.triage_html(finding),
-            "details": gr.update(value=finding),
+            "details": gr.update(value=finding.to_dict()),
             "details_acc": gr.update(visible=True),
             "report": gr.update(value=str(self.write_report(finding, workdir)), visible=True),
         }
@@ -319,10 +319,10 @@ class SpineUI:
                 out.update(explain_group=gr.update(visible=True), lime=R.lime_image(a.enhanced, a.lime),
                            explain_note=R.explain_note_html(finding, lime_pending=False))
             return out
-        if a.lesions is not None:
+        if finding.detector_ran:
             out.update(detect_group=gr.update(visible=True),
-                       boxes=R.lesion_image(a.enhanced, a.lesions, a.study.shape),
-                       legend=R.legend_html(a.lesions), table=gr.update(value=R.lesion_rows(a.lesions)))
+                       boxes=R.lesion_image(a.enhanced, finding.lesions, a.study.shape),
+                       legend=R.legend_html(finding.lesions), table=gr.update(value=R.lesion_rows(finding.lesions)))
         if a.cam is not None:
             out.update(explain_group=gr.update(visible=True),
                        cam_choice=gr.update(choices=R.cam_choices(a.cam.per_model), value=R.FUSED),
@@ -331,10 +331,10 @@ class SpineUI:
         return out
 
     @staticmethod
-    def write_report(finding: dict[str, Any], workdir: Path) -> Path:
+    def write_report(finding: Finding, workdir: Path) -> Path:
         """The downloadable finding (no identifiers, no original file name) in the per-request folder."""
         path = workdir / REPORT_NAME
-        path.write_text(json.dumps(finding, indent=2, sort_keys=False))
+        path.write_text(json.dumps(finding.to_dict(), indent=2, sort_keys=False))
         return path
 
     # --- API handlers ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import numpy as np
 
 from spine_ui.config import LESION_CLASSES, display_name
 from spine_ui.core.detect import Lesion
-from spine_ui.core.finding import DISCLAIMER, UNTRAINED_WARNING
+from spine_ui.core.finding import DISCLAIMER, UNTRAINED_WARNING, Finding
+from spine_ui.core.gate import LayerResult
 from spine_ui.core.overlays import colour_hex, draw_lesions, heatmap_overlay, lime_overlay
 
 ARCH_NAMES: dict[str, str] = {
@@ -80,26 +81,26 @@ def working_html(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- triage
-def triage_html(finding: dict[str, Any]) -> str:
+def triage_html(finding: Finding) -> str:
     """Verdict, ensemble probability bar with the gate marked, and each model's probability and weight."""
-    p, gate = float(finding["probability"]), float(finding["gate"])
-    abnormal = bool(finding["abnormal"])
+    p, gate = float(finding.probability), float(finding.gate)
+    abnormal = bool(finding.abnormal)
     verdict = "ABNORMAL" if abnormal else "NORMAL"
     detail = ("at or above the gate: lesion detection and explanations follow" if abnormal
               else "below the gate: no lesion detection by default")
     rows = []
-    for arch, m in finding["models"].items():
+    for m in finding.models:
         rows.append(
             '<div class="sx-model">'
-            f'<span class="sx-model-name">{esc(arch_name(arch))} <code>{esc(arch)}</code></span>'
-            f'<span class="sx-model-weight">weight {float(m["weight"]):.2f}</span>'
-            f'<span class="sx-minibar"><span class="sx-minifill" style="width:{_pct(m["probability"])}"></span>'
+            f'<span class="sx-model-name">{esc(arch_name(m.arch))} <code>{esc(m.arch)}</code></span>'
+            f'<span class="sx-model-weight">weight {float(m.weight):.2f}</span>'
+            f'<span class="sx-minibar"><span class="sx-minifill" style="width:{_pct(m.probability)}"></span>'
             f'<span class="sx-minigate" style="left:{_pct(gate)}"></span></span>'
-            f'<span class="sx-model-p">{float(m["probability"]):.3f}</span></div>')
-    layers = gate_layers_html(finding.get("gate_layers") or ())
+            f'<span class="sx-model-p">{float(m.probability):.3f}</span></div>')
+    layers = gate_layers_html(finding.gate_layers)
     checks = f'<details class="sx-checks"><summary>Input checks</summary>{layers}</details>' if layers else ""
     untrained = ('<div class="sx-inline-warn">Untrained weights: this number is noise, not a finding.</div>'
-                 if not finding.get("bundle", {}).get("trained", True) else "")
+                 if not finding.trained else "")
     return (
         f'<div class="sx-triage {"sx-abnormal" if abnormal else "sx-normal"}">'
         '<div class="sx-head">'
@@ -116,32 +117,28 @@ def triage_html(finding: dict[str, Any]) -> str:
         f'{untrained}{image_notes_html(finding)}{checks}</div>')
 
 
-def image_notes_html(finding: dict[str, Any]) -> str:
-    img = finding.get("image")
-    if not img:
+def image_notes_html(finding: Finding) -> str:
+    img = finding.image
+    if img is None:
         return ""
-    parts = [f'{int(img["width"])} x {int(img["height"])} px', "DICOM" if img.get("source") == "dicom" else "raster"]
-    for key in ("photometric", "transfer_syntax"):
-        if img.get(key):
-            parts.append(str(img[key]))
-    if img.get("bits_stored"):
-        parts.append(f'{int(img["bits_stored"])}-bit')
-    parts.extend(str(n) for n in img.get("processing") or ())
+    parts = [f"{int(img.width)} x {int(img.height)} px", "DICOM" if img.source == "dicom" else "raster"]
+    parts.extend(str(v) for v in (img.photometric, img.transfer_syntax) if v)
+    if img.bits_stored:
+        parts.append(f"{int(img.bits_stored)}-bit")
+    parts.extend(str(n) for n in img.processing)
     return f'<div class="sx-notes">Input: {esc(" | ".join(parts))}</div>'
 
 
-def gate_layers_html(layers: Iterable[dict[str, Any]]) -> str:
+def gate_layers_html(layers: Iterable[LayerResult]) -> str:
     items = []
     for layer in layers:
-        status = str(layer.get("status", ""))
-        cls = {"passed": "ok", "rejected": "bad"}.get(status, "skip")
-        items.append(f'<li class="sx-layer-{cls}"><b>{esc(layer.get("name", ""))}</b> {esc(status)}: '
-                     f'{esc(layer.get("detail", ""))}</li>')
+        cls = {"passed": "ok", "rejected": "bad"}.get(layer.status, "skip")
+        items.append(f'<li class="sx-layer-{cls}"><b>{esc(layer.name)}</b> {esc(layer.status)}: '
+                     f'{esc(layer.detail)}</li>')
     return f'<ul class="sx-layers">{"".join(items)}</ul>' if items else ""
 
 
-# --------------------------------------------------------------------------- errors
-def error_html(title: str, message: str, layers: Iterable[dict[str, Any]] = ()) -> str:
+def error_html(title: str, message: str, layers: Iterable[LayerResult] = ()) -> str:
     checks = gate_layers_html(layers)
     checks = f'<details><summary>Input checks</summary>{checks}</details>' if checks else ""
     return (f'<div class="sx-error" role="alert"><div class="sx-error-title">{esc(title)}</div>'
@@ -194,15 +191,12 @@ def lime_image(enhanced: np.ndarray, lime) -> np.ndarray:
     return lime_overlay(enhanced, lime.weights)
 
 
-def explain_note_html(finding: dict[str, Any], lime_pending: bool) -> str:
-    ex = finding.get("explanations") or {}
-    cam = ex.get("gradcam")
-    lime = ex.get("lime")
+def explain_note_html(finding: Finding, lime_pending: bool) -> str:
     parts = []
-    if cam:
-        parts.append(f"Grad-CAM ({esc(cam)}): warm colours mark regions that raise P(abnormal).")
-    if lime:
-        parts.append(f"LIME ({int(lime['samples'])} samples, local fit R&sup2; {float(lime['score']):.2f}): "
+    if finding.gradcam:
+        parts.append(f"Grad-CAM ({esc(finding.gradcam)}): warm colours mark regions that raise P(abnormal).")
+    if finding.lime:
+        parts.append(f"LIME ({int(finding.lime.samples)} samples, local fit R&sup2; {float(finding.lime.score):.2f}): "
                      "red superpixels support abnormal, blue oppose it.")
     elif lime_pending:
         parts.append("LIME is running (it perturbs superpixels and re-scores the ensemble; slowest step).")

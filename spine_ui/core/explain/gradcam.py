@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 
 from spine_ui.bundle.store import Bundle, Head
+from spine_ui.core.contract import model_input, sigmoid
 from spine_ui.core.preprocess import Placement
-from spine_ui.core.triage import TriageResult, sigmoid
+from spine_ui.core.triage import TriageResult
 
 
 def class_activation(features: np.ndarray, head: Head) -> np.ndarray:
@@ -93,10 +94,7 @@ def explain_gradcam(triage: TriageResult, bundle: Bundle, enhanced: np.ndarray,
     for entry in bundle.classifiers:
         placement = triage.placements[entry.arch]
         if backprop:
-            from spine_ui.core.triage import tta_batch
-
-            pp = bundle.manifest.preprocess
-            batch, _ = tta_batch(enhanced, entry.input_size, ("identity",), pp.resize, pp.mean, pp.std)
+            batch, _ = model_input(enhanced, entry.input_size, ("identity",), bundle.manifest.preprocess)
             square = torch_gradcam(bundle.torch_classifier(entry.arch).model, entry.cam_layer, batch)
         else:
             square = exact_gradcam(triage.feature_maps[entry.arch], bundle.heads[entry.arch], entry.input_size)

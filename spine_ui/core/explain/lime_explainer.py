@@ -13,8 +13,7 @@ import numpy as np
 
 from spine_ui.bundle.store import Bundle
 from spine_ui.config import ExplainConfig
-from spine_ui.core.preprocess import Placement, normalise, to_square
-from spine_ui.core.triage import sigmoid, weighted_vote
+from spine_ui.core.contract import Placement, normalise, sigmoid, square_input, weighted_vote
 
 Progress = Callable[[int, int], None]
 
@@ -48,7 +47,7 @@ def ensemble_scorer(bundle: Bundle, size: int, progress: Progress | None,
     pp = bundle.manifest.preprocess
     done = [0]
 
-    def score(images: np.ndarray) -> np.ndarray:
+    def score(images: np.ndarray) -> np.ndarray:  # perturbed squares: the second half of model_input
         batch = normalise(np.clip(images[..., 0], 0, 255).astype(np.uint8), pp)
         probs = {}
         for entry in bundle.classifiers:
@@ -71,7 +70,7 @@ def explain_lime(enhanced: np.ndarray, bundle: Bundle, cfg: ExplainConfig | None
     lime_image.tqdm = _quiet  # lime draws a console progress bar per call; we report progress ourselves
     cfg = cfg or bundle.manifest.explain
     n = int(n_samples or cfg.lime_samples)
-    square, placement = to_square(enhanced, cfg.lime_size, bundle.manifest.preprocess.resize)
+    square, placement = square_input(enhanced, cfg.lime_size, bundle.manifest.preprocess)
     segments = superpixels(square, cfg.lime_segments)
     rgb = np.repeat(square[:, :, None], 3, axis=2)
     explainer = lime_image.LimeImageExplainer(random_state=cfg.lime_seed, verbose=False)
