@@ -15,13 +15,22 @@ import pytest
 
 from uihelpers import free_port
 
-PG_BIN = Path(os.environ.get("SPINE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """SPINE_PG_BIN, else the newest Debian server version installed (/usr/lib/postgresql/<major>/bin)."""
+    if os.environ.get("SPINE_PG_BIN"):
+        return Path(os.environ["SPINE_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+                   if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def skip_reason() -> str | None:
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
         return (f"PostgreSQL server binaries not found in {PG_BIN} (Debian: apt-get install postgresql; "
-                "or set SPINE_PG_BIN)")
+                "or set SPINE_PG_BIN to the folder holding initdb and pg_ctl)")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")

@@ -267,17 +267,17 @@ class SpineUI:
 
     def stored_view(self, stored: StoredFinding) -> dict[str, Any]:
         """A study known only from the database (its pixels are gone): the stored finding, no images."""
-        finding = stored.finding.to_dict()
-        if not stored.finding.accepted or stored.finding.probability is None:
+        finding = stored.finding
+        if not finding.accepted or finding.probability is None:
             return self.failed("Input rejected - not analysed (stored finding)",
-                               stored.finding.reason or "The image was rejected.", finding["gate_layers"])
+                               finding.reason or "The image was rejected.", finding.gate_layers)
         out = self.cleared()
         del out["state"]
         when = f"{stored.saved_at:%Y-%m-%d %H:%M} UTC"
         out.update(triage=R.triage_html(finding) + R.working_html(
             f"Stored finding ({stored.bundle_name} {stored.bundle_version}, {when}). The server no longer holds "
             "this study's images: upload the file again to see boxes, Grad-CAM and LIME."),
-            details=gr.update(value=finding), details_acc=gr.update(visible=True))
+            details=gr.update(value=finding.to_dict()), details_acc=gr.update(visible=True))
         return out
 
     def failed(self, title: str, message: str, layers=()) -> dict[str, Any]:
