@@ -229,3 +229,26 @@ class StoreConfig:
             users_file=Path(users) if users else None,
             store_names=os.environ.get("SPINE_STORE_NAMES", "1").strip().lower() not in ("0", "false", "no"),
         )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The Ray batch engine (``analyze --engine ray``). ``SPINE_RAY_ADDRESS`` (``auto`` or ``HOST:PORT``; empty:
+    start a local cluster on 127.0.0.1), ``SPINE_RAY_WORKERS`` (inference actors; 0: one per
+    ``cpus_per_worker`` CPUs of the cluster), ``SPINE_RAY_CPUS_PER_WORKER`` (CPUs, hence ONNX threads, per
+    actor), ``SPINE_RAY_OBJECT_STORE_MB`` (object store of a local cluster)."""
+
+    address: str = ""
+    workers: int = 0
+    cpus_per_worker: int = 1
+    object_store_mb: int = 512
+    inflight_per_worker: int = 2  # studies queued per actor: the next one is read while one is analysed
+    max_restarts: int = 3  # an actor that dies is restarted this often (its queued studies are retried)
+    max_attempts: int = 3  # a study whose worker died is resubmitted this often, then reported as a row
+
+    @classmethod
+    def from_env(cls) -> "ClusterConfig":
+        return cls(address=os.environ.get("SPINE_RAY_ADDRESS", ""),
+                   workers=int(os.environ.get("SPINE_RAY_WORKERS", "0")),
+                   cpus_per_worker=max(1, int(os.environ.get("SPINE_RAY_CPUS_PER_WORKER", "1"))),
+                   object_store_mb=int(os.environ.get("SPINE_RAY_OBJECT_STORE_MB", "512")))

@@ -108,3 +108,9 @@ class StoreFullError(StoreError):
 class StoreCorruptError(StoreError):
     default_message = ("The review database file is damaged or is not a database: nothing was saved. Restore "
                        "it from a backup or move it away to start a new one.")
+
+
+class EngineUnavailableError(SpineUIError):
+    """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
+
+    default_message = "The requested batch engine is not available on this machine."

@@ -28,6 +28,27 @@ def test_auroc_matches_sklearn(seed, ties):
     assert M.average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True)])
+def test_auroc_is_the_mann_whitney_statistic(seed, ties):
+    """An independent check of the library call: AUROC = U / (n_pos n_neg) (scipy, ties count one half)."""
+    from scipy.stats import mannwhitneyu
+
+    y, s = _scores(seed, ties=ties)
+    u = mannwhitneyu(s[y == 1], s[y == 0]).statistic
+    assert M.auroc(y, s) == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()), abs=1e-12)
+
+
+def test_pr_curve_and_average_precision():
+    y, s = _scores(4, n=150, ties=True)
+    precision, recall, thr = M.pr_curve(y, s)
+    assert (precision[0], recall[0], thr[0]) == (1.0, 0.0, np.inf) and recall[-1] == 1.0
+    assert np.all(np.diff(recall) >= 0) and np.all(np.diff(thr) < 0)
+    for p, r, t in zip(precision[1:], recall[1:], thr[1:]):  # each point is the cut score >= t
+        called = s >= t
+        assert p == pytest.approx(y[called].mean()) and r == pytest.approx(called[y == 1].mean())
+    assert M.average_precision(y, s) == pytest.approx(float(np.sum(np.diff(recall) * precision[1:])), abs=1e-12)
+
+
 def test_roc_curve_matches_sklearn():
     from sklearn.metrics import auc, roc_curve
 

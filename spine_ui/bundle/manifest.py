@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spine_ui._io import atomic_write_json
 from spine_ui.config import (DetectorConfig, ExplainConfig, PreprocessConfig, TriageConfig, from_dict, to_dict)
 from spine_ui.errors import BundleError, BundleIntegrityError
 
@@ -119,9 +120,7 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
     """Hash every referenced file and write ``manifest.json``."""
     bundle_dir = Path(bundle_dir)
     manifest.files = {name: sha256(bundle_dir / name) for name in sorted(set(manifest.referenced_files()))}
-    path = bundle_dir / MANIFEST
-    path.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n")
-    return path
+    return atomic_write_json(bundle_dir / MANIFEST, manifest.to_json(), sort_keys=False)
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from spine_ui._io import atomic_dir
 from spine_ui.config import RuntimeConfig
 from spine_ui.errors import BundleError, HubUnavailableError
 from spine_ui.bundle.manifest import MANIFEST
@@ -24,20 +23,12 @@ def ensure_untrained(path: Path, force: bool = False, **kwargs) -> Path:
     path = Path(path)
     if (path / MANIFEST).is_file() and not force:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
-        init_untrained(tmp, name=path.name, **kwargs)
-        tmp.chmod(0o755)
-        if path.exists() and (force or not (path / MANIFEST).is_file()):
-            shutil.rmtree(path)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another process won the race
-            if not (path / MANIFEST).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path, replace=lambda p: force or not (p / MANIFEST).is_file()) as tmp:
+            init_untrained(tmp, name=path.name, **kwargs)
+    except OSError:  # another process won the race
+        if not (path / MANIFEST).is_file():
+            raise
     return path
 
 

@@ -11,6 +11,7 @@ from spine_ui.core.finding import UNTRAINED_WARNING
 
 if TYPE_CHECKING:
     from spine_ui.bundle.store import Bundle
+    from spine_ui.services.batch.engines import BatchJob
     from spine_ui.core.finding import Finding
 
 
@@ -35,14 +36,20 @@ def cmd_analyze(args) -> int:
     analysed and listed)."""
     from tqdm import tqdm
 
-    from spine_ui.core.pipeline import AnalysisOptions, Analyzer
-    from spine_ui.services.batch import analyze_each, expand_inputs, sort_rows, to_csv
+    from spine_ui.core.pipeline import AnalysisOptions
+    from spine_ui.errors import EngineUnavailableError
+    from spine_ui.services.batch import expand_inputs
+    from spine_ui.services.batch.engines import CsvStream, get_engine, in_input_order
 
     paths = [Path(f) for f in args.files]
     for p in paths:
         if not (p.is_file() or p.is_dir()):
             print(f"error: no such file: {p.name}", file=sys.stderr)
             return 2
+    if args.engine != "local" and args.out:
+        print("error: --out (overlay images) needs --engine local; the Ray engine writes the worklist only",
+              file=sys.stderr)
+        return 2
     skipped: list[str] = []
     items = expand_inputs(paths, skipped=skipped)
     single = len(paths) == 1 and len(items) == 1 and paths[0].is_file() and items[0][1] == paths[0]
@@ -52,48 +59,92 @@ def cmd_analyze(args) -> int:
     if not items:
         print("error: no radiograph files found in the given folders or archives", file=sys.stderr)
         return 2
-    analyzer = Analyzer(bundle_from_args(args))
     explain = bool(args.explain)
     options = AnalysisOptions(detect=args.detect, gradcam=True, lime=explain, explain_normal=explain,
                               lime_samples=args.lime_samples, tta=not args.no_tta)
-    rows = []
+    job = _job(args, options)
+    stream = None
+    if args.csv:
+        try:
+            stream = CsvStream(args.csv)  # rows stream to OUT.csv.partial as they finish
+        except OSError as exc:
+            print(f"error: cannot write the worklist CSV ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+            return 1
+    results = []
     unreadable = 0
     used: set[str] = set()
     bar = tqdm(total=len(items), unit="study", file=sys.stderr, dynamic_ncols=True,
                disable=True if (single or args.quiet) else None)  # None: only when stderr is a terminal
     try:
-        for row, a in analyze_each(analyzer, items, options):
+        for result in get_engine(args.engine)(items, job):
             bar.update(1)
-            rows.append(row)
-            if a is None:
+            results.append(result)
+            if stream is not None:
+                stream.add(result)
+            row, finding = result.row, result.finding
+            if finding is None:
                 unreadable += 1
                 tqdm.write(f"error: {row.reason}" if single else f"error: {row.study}: {row.reason}", file=sys.stderr)
                 continue
-            finding = a.finding()
             if args.out:
-                _write_outputs(a, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
+                _write_outputs(result.analysis, Path(args.out) / ("" if single else _unique_stem(row.study, used)))
             if not args.quiet:
                 text = json.dumps(finding.to_dict()) if args.json else _summary(finding)
                 if not single and not args.json:
                     text = f"== {row.study}\n{text}"
                 tqdm.write(text, file=sys.stdout)
+    except EngineUnavailableError as exc:
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
-    if args.csv:
-        out = Path(args.csv)
+        if stream is not None:
+            stream.close()
+    rows = in_input_order(results)
+    if stream is not None:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "w", encoding="utf-8", newline="") as fh:
-                fh.write(to_csv(sort_rows(rows)))
+            stream.finish()
         except OSError as exc:
             print(f"error: cannot write the worklist CSV ({exc.strerror or type(exc).__name__})", file=sys.stderr)
             return 1
         if not args.quiet:
-            print(f"worklist: {len(rows)} studies written to {out}", file=sys.stderr)
+            print(f"worklist: {len(rows)} studies written to {stream.path}", file=sys.stderr)
     if unreadable and not single:
         where = f"; see their rows in {Path(args.csv).name}" if args.csv else ""
         print(f"error: {unreadable} of {len(rows)} files could not be read{where}", file=sys.stderr)
     return 2 if unreadable else 0
+
+
+def _job(args, options) -> "BatchJob":
+    """The engine's job: the local engine gets an open analyzer, the Ray engine the bundle folder."""
+    import dataclasses
+
+    from spine_ui.config import ClusterConfig, RuntimeConfig
+    from spine_ui.core.pipeline import Analyzer
+    from spine_ui.services.batch.engines import BatchJob
+
+    cfg = RuntimeConfig.from_env()
+    runtime = args.runtime or cfg.runtime
+    cluster = ClusterConfig.from_env()
+    cluster = dataclasses.replace(cluster, address=args.address if args.address is not None else cluster.address,
+                                  workers=args.workers if args.workers is not None else cluster.workers)
+    if args.engine == "local":
+        analyzer = Analyzer(bundle_from_args(args))
+        return BatchJob(analyzer.bundle.path, runtime, cfg.threads, options, analyzer=analyzer, cluster=cluster)
+    return BatchJob(bundle_dir_from_args(args), runtime, cfg.threads, options, cluster=cluster)
+
+
+def bundle_dir_from_args(args) -> Path:
+    """The bundle folder named by ``--bundle`` or the environment, without opening it (workers do)."""
+    from spine_ui.bundle.resolve import locate
+    from spine_ui.config import RuntimeConfig
+
+    if args.bundle and Path(args.bundle).is_dir():
+        return Path(args.bundle)
+    cfg = RuntimeConfig.from_env()
+    import dataclasses
+
+    return locate(dataclasses.replace(cfg, bundle_name=args.bundle or cfg.bundle_name))
 
 
 def _unique_stem(name: str, used: set[str]) -> str:
@@ -153,4 +204,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--no-tta", action="store_true")
     a.add_argument("--bundle", help="bundle name under models/ or a bundle folder")
     a.add_argument("--runtime", choices=("auto", "onnx", "torch"))
+    a.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: in this process (default); ray: a Ray cluster (pip install -r requirements-extra.txt)")
+    a.add_argument("--address", metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (default: start a local one on 127.0.0.1; env SPINE_RAY_ADDRESS)")
+    a.add_argument("--workers", type=int, metavar="N",
+                   help="Ray inference actors (default: one per CPU of the cluster; env SPINE_RAY_WORKERS)")
     a.set_defaults(func=cmd_analyze)

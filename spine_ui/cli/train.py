@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/NAME for models/NAME, else OUT_run)")
     p.add_argument("--name", help="bundle name in the manifest (default: the --out folder name)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--det-device", help="ultralytics device string for the detector, e.g. 0,1,2,3 (its own "
+                                        "multi-GPU training); default: the run's device")
+    d = p.add_argument_group("several processes / GPUs / nodes (torch DDP through torchrun)")
+    d.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes on this node (one per GPU; on CPU they share the cores, gloo backend)")
+    d.add_argument("--nnodes", default="1", help="nodes taking part (torchrun --nnodes)")
+    d.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0 .. nnodes-1")
+    d.add_argument("--master-addr", default="127.0.0.1", help="address of the rank-0 node")
+    d.add_argument("--master-port", type=int, default=29500, help="free port on the rank-0 node")
     p.set_defaults(func=cmd_train)
 
 
@@ -48,11 +58,13 @@ def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
                      epochs=ns.epochs, det_epochs=ns.det_epochs, imgsz=ns.imgsz, det_imgsz=ns.det_imgsz,
                      folds=ns.folds, batch=ns.batch, det_batch=ns.det_batch, det_arch=ns.det_arch,
                      workers=ns.workers, stages=stages, device=ns.device, pretrained=ns.pretrained,
-                     resume=ns.resume, run_dir=ns.run_dir, name=ns.name, verbose=not ns.quiet)
+                     resume=ns.resume, run_dir=ns.run_dir, name=ns.name, verbose=not ns.quiet,
+                     det_device=getattr(ns, "det_device", None))
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
     """Run training; prints a one-line JSON summary. Exit 2 on bad options, 1 on missing/unsafe paths."""
+    from spine_ui.train import distributed
     from spine_ui.train.runner import train
 
     try:
@@ -61,11 +73,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    nproc = getattr(ns, "nproc", 1)
+    if (nproc > 1 or str(getattr(ns, "nnodes", "1")) != "1") and not distributed.launched_by_torchrun():
+        argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else []
+        return distributed.launch(argv, nproc, ns.nnodes, ns.node_rank, ns.master_addr, ns.master_port)
     try:
         result = train(args)
     except (FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # a helper rank of a torchrun job: rank 0 reports
     test = (result.metrics.get("test") or {}).get("ensemble") or {}
     selection = result.metrics.get("selection") or {}
     print(json.dumps({"bundle": str(result.bundle) if result.bundle else None, "run_dir": str(result.run_dir),

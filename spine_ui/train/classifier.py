@@ -14,7 +14,7 @@ Checkpoints (per unit of work = one architecture on one fold, or the final fit):
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 import warnings
@@ -26,22 +26,24 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from spine_ui._io import atomic_path, atomic_write_json
 from spine_ui.bundle.architectures import build_classifier
 from spine_ui.config import PreprocessConfig
 from spine_ui.core.contract import model_input, rotate, sigmoid, to_model_input
+from spine_ui.train import distributed
 from spine_ui.train.config import ClassifierTrainConfig
+from spine_ui.train.distributed import Dist
 from spine_ui.train.metrics import auroc
 
+#: progress callback (one line of text); defaults to this module's logger (``spine_ui.train`` hierarchy)
 Log = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
+_log = logging.getLogger(__name__)
 
 
 def read_enhanced(path: str | Path) -> np.ndarray:
+    """A cached enhanced image (uint8 grayscale PNG)."""
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise FileNotFoundError(f"cannot read cached image {path}")
@@ -96,7 +98,7 @@ class CachedImages(Dataset):
 
 
 # --------------------------------------------------------------------------- models
-def make_model(arch: str, pretrained: bool, log: Log = _quiet) -> tuple[nn.Module, bool]:
+def make_model(arch: str, pretrained: bool, log: Log = _log.info) -> tuple[nn.Module, bool]:
     """(model, pretrained weights actually loaded). Falls back to random init when weights are unavailable."""
     if pretrained:
         try:
@@ -110,12 +112,14 @@ def make_model(arch: str, pretrained: bool, log: Log = _quiet) -> tuple[nn.Modul
 
 
 def load_model(arch: str, state_path: Path) -> nn.Module:
+    """A timm classifier with the state dict at ``state_path``, in eval mode on the CPU."""
     model = build_classifier(arch, pretrained=False)
     model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -126,6 +130,7 @@ def resolve_device(device: str) -> torch.device:
 # --------------------------------------------------------------------------- training
 @dataclass
 class FitResult:
+    """What one ``fit`` run did (stored in the unit's ``done.json``)."""
     arch: str
     best_epoch: int  # 1-based
     best_score: float  # validation AUROC (or -loss when the validation set holds one class); NaN without val
@@ -137,6 +142,7 @@ class FitResult:
     criterion: str = "auroc"
 
     def to_json(self) -> dict:
+        """JSON-safe dict of the fields."""
         return asdict(self)
 
 
@@ -152,8 +158,10 @@ def _amp(device: torch.device, cfg: ClassifierTrainConfig) -> bool:
     return bool(cfg.amp and device.type == "cuda")
 
 
-def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> tuple[float, float]:
-    """(AUROC, mean BCE) of the identity view on a validation loader."""
+def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+              dist: Dist = Dist()) -> tuple[float, float]:
+    """(AUROC, mean BCE) of the identity view on a validation loader (this rank's shard; the logits of every
+    rank are gathered, so every rank gets the same figures)."""
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
@@ -167,6 +175,11 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: b
             labels.append(y)
     z = torch.cat(logits)
     y = torch.cat(labels)
+    if dist.enabled:
+        idx = loader.dataset.indices  # a Subset: this rank's shard
+        pairs = distributed.gather(list(zip(idx, zip(z.tolist(), y.tolist()))), len(loader.dataset.dataset), dist)
+        z = torch.tensor([p[0] for p in pairs])
+        y = torch.tensor([p[1] for p in pairs])
     loss = float(nn.functional.binary_cross_entropy_with_logits(z, y))
     return auroc(y.numpy(), torch.sigmoid(z).numpy()), loss
 
@@ -174,12 +187,16 @@ def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: b
 def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out_dir: Path,
         cfg: ClassifierTrainConfig, device: torch.device, *, val_paths: Sequence[Path] | None = None,
         val_labels: Sequence[int] | None = None, epochs: int | None = None, fingerprint: str = "",
-        preprocess: PreprocessConfig = PreprocessConfig(), log: Log = _quiet) -> FitResult:
+        preprocess: PreprocessConfig = PreprocessConfig(), log: Log = _log.info,
+        dist: Dist | None = None) -> FitResult:
     """Train one model; keeps ``best.pt`` by validation AUROC with early stopping, resumable from ``last.pt``.
 
     Without a validation set the model trains for ``epochs`` epochs and the last one is kept. An existing
-    ``last.pt`` is resumed only when it was written with the same (non-empty) ``fingerprint``.
+    ``last.pt`` is resumed only when it was written with the same (non-empty) ``fingerprint``. Under torchrun
+    (``dist``, default: the running process group) every rank trains its shard of each global batch through
+    DDP and rank 0 alone writes the checkpoints (see :mod:`spine_ui.train.distributed`).
     """
+    dist = dist or distributed.current()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(epochs or cfg.epochs)
@@ -190,6 +207,8 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net = distributed.wrap(model, device, dist)  # DDP (SyncBatchNorm on CUDA) under torchrun, else the model
+    model = distributed.unwrap(net)
     amp = _amp(device, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
@@ -198,13 +217,14 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
 
     batch = cfg.batch_for(arch)
     train_ds = CachedImages(train_paths, train_labels, cfg.input_size, cfg, preprocess, train=True)
-    n = len(train_ds)
-    drop_last = n > batch and n % batch == 1  # a lone image in the last batch breaks batch norm
-    train_dl = _loader(train_ds, batch, True, cfg.workers, device, cfg.seed, drop_last)
+    # the same sampler for one process or many, so N ranks see the global batches one process sees
+    train_dl, sampler = distributed.train_loader(train_ds, batch, cfg.workers, device, cfg.seed, dist)
     val_dl = None
     criterion = "auroc"
     if has_val:
         val_ds = CachedImages(val_paths, val_labels, cfg.input_size, cfg, preprocess, train=False)
+        if dist.enabled:
+            val_ds = Subset(val_ds, distributed.shard(len(val_ds), dist))
         val_dl = _loader(val_ds, cfg.eval_batch, False, cfg.workers, device, cfg.seed)
         if len(set(int(v) for v in val_labels)) < 2:
             criterion = "neg_loss"
@@ -228,8 +248,9 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
         if has_val and state["bad"] >= cfg.patience:
             stopped = True
             break
-        model.train()
+        net.train()
         train_ds.epoch = epoch
+        sampler.set_epoch(epoch)
         te = time.perf_counter()
         total, count = 0.0, 0
         for x, y in train_dl:
@@ -239,21 +260,26 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
                 x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                loss = crit(model(x)[:, 0].float(), y)
+                loss = crit(net(x)[:, 0].float(), y)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
         sched.step()
+        if dist.enabled:  # the global mean loss
+            sums = torch.tensor([total, float(count)], dtype=torch.float64)
+            torch.distributed.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"]}
         if val_dl is not None:
-            val_auc, val_loss = _evaluate(model, val_dl, device, amp)
+            val_auc, val_loss = _evaluate(model, val_dl, device, amp, dist)
             score = val_auc if criterion == "auroc" else -val_loss
             row.update(val_auroc=val_auc, val_loss=val_loss)
             if score > state["best_score"]:
                 state.update(best_score=score, best_epoch=epoch, bad=0)
-                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
+                if dist.is_main:
+                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
             else:
                 state["bad"] += 1
         else:
@@ -262,15 +288,19 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
         state["history"].append(row)
         state["epoch"] = epoch
         state["seconds"] = time.perf_counter() - t0
-        torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
-                    "pretrained": pretrained}, last)
+        if dist.is_main:
+            with atomic_path(last) as tmp:  # an interrupted save must not spoil the resume point
+                torch.save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "state": state,
+                            "pretrained": pretrained}, tmp)
         msg = f"  {arch} epoch {epoch}/{epochs} loss {row['train_loss']:.4f}"
         if "val_auroc" in row:
             msg += f" val AUROC {row['val_auroc']:.4f} loss {row['val_loss']:.4f}"
         log(msg + f" ({row['seconds']:.1f} s)")
+    distributed.barrier(dist)  # rank 0's checkpoints are on disk before any rank looks
     if not has_val or not (out_dir / "best.pt").exists():
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
+        if dist.is_main:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "best.pt")
         if has_val:  # no epoch ran (epochs == 0) or every score was NaN
             state["best_epoch"] = state["epoch"]
     if has_val and state["bad"] >= cfg.patience and state["epoch"] < epochs:
@@ -278,8 +308,10 @@ def fit(arch: str, train_paths: Sequence[Path], train_labels: Sequence[int], out
     result = FitResult(arch, int(state["best_epoch"]), float(state["best_score"]) if has_val else float("nan"),
                        int(state["epoch"]), stopped, bool(pretrained), float(state["seconds"]),
                        list(state["history"]), criterion if has_val else "none")
-    (out_dir / "done.json").write_text(json.dumps({"fingerprint": fingerprint, **result.to_json()}, indent=2))
-    last.unlink(missing_ok=True)  # the optimiser state is not needed once the unit is done
+    if dist.is_main:
+        atomic_write_json(out_dir / "done.json", {"fingerprint": fingerprint, **result.to_json()})
+        last.unlink(missing_ok=True)  # the optimiser state is not needed once the unit is done
+    distributed.barrier(dist)
     return result
 
 
@@ -300,6 +332,18 @@ def predict(model: nn.Module, paths: Sequence[Path], size: int, views: tuple[str
                 z = model(x)[:, 0]
             out[start:start + len(chunk)] = sigmoid(z.float().cpu().numpy()).reshape(len(chunk), v)
     return out
+
+
+def predict_all(model: nn.Module, paths: Sequence[Path], size: int, views: tuple[str, ...], device: torch.device,
+                dist: Dist | None = None, **kwargs) -> np.ndarray:
+    """:func:`predict` over every path, each rank scoring its shard; every rank gets the whole [N, V] array."""
+    dist = dist or distributed.current()
+    if not dist.enabled:
+        return predict(model, paths, size, views, device, **kwargs)
+    idx = distributed.shard(len(paths), dist)
+    part = predict(model, [paths[i] for i in idx], size, views, device, **kwargs)
+    rows = distributed.gather(list(zip(idx, part)), len(paths), dist)
+    return np.stack(rows) if rows else np.zeros((0, len(views)))
 
 
 def pooled_features(model: nn.Module, paths: Sequence[Path], size: int, device: torch.device,

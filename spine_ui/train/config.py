@@ -46,6 +46,7 @@ class ClassifierTrainConfig:
     final: str = "refit"
 
     def batch_for(self, arch: str) -> int:
+        """Training batch size of ``arch`` (32 when not listed)."""
         return dict(self.batch).get(arch, 32)
 
 
@@ -54,6 +55,8 @@ class DetectorTrainConfig:
     """YOLO11 training through ultralytics (arguments passed to ``YOLO.train``)."""
 
     arch: str = "yolo11l"
+    #: ultralytics' own device string for training, e.g. "0,1,2,3" (its multi-GPU DDP); "" = the run's device
+    device: str = ""
     epochs: int = 35
     imgsz: int = 640
     batch: int = 12
@@ -98,11 +101,13 @@ class SelectionConfig:
 
     @property
     def enabled(self) -> bool:
+        """Cross-validation (and so selection) runs with two or more folds."""
         return self.folds >= 2
 
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """Test-split report: threshold table, bootstrap CIs."""
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)  # the gate is added to the table
     bootstrap: int = 2000
     ci: float = 0.95
@@ -111,6 +116,7 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
+    """Bundle export: the feature-space outlier statistics and the version string."""
     ood_percentile: float = 99.0
     ood_max_images: int = 5000  # training images used for the feature statistics (random subset above)
     version: str = ""  # default: <spine_ui version>+trained.<UTC timestamp>
@@ -137,6 +143,7 @@ class TrainArgs:
     batch: int | None = None
     det_batch: int | None = None
     det_arch: str | None = None
+    det_device: str | None = None
     workers: int | None = None
     stages: tuple[str, ...] = STAGES
     device: str = "auto"  # auto | cpu | cuda
@@ -170,7 +177,7 @@ class TrainArgs:
         clf = dataclasses.replace(clf, **upd)
         det_upd: dict[str, Any] = {}
         for key, attr in (("det_epochs", "epochs"), ("det_imgsz", "imgsz"), ("det_batch", "batch"),
-                          ("det_arch", "arch"), ("workers", "workers")):
+                          ("det_arch", "arch"), ("det_device", "device"), ("workers", "workers")):
             value = getattr(self, key)
             if value is not None:
                 det_upd[attr] = value

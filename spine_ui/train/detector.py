@@ -15,6 +15,7 @@ the test split is only evaluated by ``evaluate`` for the final report.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -25,16 +26,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from spine_ui._env import restore_threads
+from spine_ui._io import atomic_write_json
 from spine_ui.bundle.architectures import detector_yaml
 from spine_ui.config import LESION_CLASSES
 from spine_ui.train.config import DetectorTrainConfig
 from spine_ui.train.metrics import ImageDetections, detection_map
 
+#: progress callback (one line of text); defaults to this module's logger (``spine_ui.train`` hierarchy)
 Log = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- class balance
@@ -74,6 +74,7 @@ def repeat_factors(classes_per_image: Sequence[set[int]], nc: int, max_repeat: i
 
 
 def write_list(path: Path, image_paths: Sequence[Path], repeats: Sequence[int] | None = None) -> Path:
+    """An ultralytics image list file, each image repeated ``repeats[i]`` times (duplicates are kept)."""
     lines = []
     for i, p in enumerate(image_paths):
         lines += [str(Path(p).resolve())] * (1 if repeats is None else int(repeats[i]))
@@ -128,7 +129,7 @@ def train_args(cfg: DetectorTrainConfig, data_yaml: Path, project: Path, device:
         cos_lr=cfg.cos_lr, warmup_epochs=cfg.warmup_epochs, mosaic=cfg.mosaic, mixup=cfg.mixup,
         hsv_h=cfg.hsv_h, hsv_s=cfg.hsv_s, hsv_v=cfg.hsv_v, fliplr=cfg.fliplr, multi_scale=cfg.multi_scale,
         cls_pw=cfg.cls_pw, seed=cfg.seed, deterministic=True, workers=cfg.workers, project=str(project),
-        name="train", exist_ok=True, plots=cfg.plots, val=True, device=0 if cuda else "cpu",
+        name="train", exist_ok=True, plots=cfg.plots, val=True, device=cfg.device or (0 if cuda else "cpu"),
         pretrained=False, amp=cuda, verbose=False)
 
 
@@ -141,7 +142,7 @@ def _fingerprint_ok(path: Path, fingerprint: str) -> bool:
 
 def train_detector(cache_dir: Path, train_ids: Sequence[str], holdout_ids: Sequence[str], work_dir: Path,
                    cfg: DetectorTrainConfig, device: str, *, fingerprint: str = "",
-                   names: Sequence[str] = LESION_CLASSES, log: Log = _quiet) -> dict:
+                   names: Sequence[str] = LESION_CLASSES, log: Log = _log.info) -> dict:
     """Train YOLO on ``train_ids`` (oversampled), validating on ``holdout_ids``; returns a JSON summary
     with the path of ``best.pt``. Resumes an interrupted ultralytics run from its ``last.pt``."""
     from ultralytics import YOLO
@@ -183,7 +184,7 @@ def train_detector(cache_dir: Path, train_ids: Sequence[str], holdout_ids: Seque
             _restore_torch()
     else:
         shutil.rmtree(project / "train", ignore_errors=True)  # a stale run made with other settings
-        state_file.write_text(json.dumps({"fingerprint": fingerprint}))
+        atomic_write_json(state_file, {"fingerprint": fingerprint})
         yaml_path = write_model_yaml(work_dir, cfg.arch, len(names))
         model = YOLO(str(yaml_path), task="detect")
         log(f"  detector: {cfg.arch} from {yaml_path.name}, {len(train_ids)} images listed "

@@ -1,34 +1,39 @@
-"""Evaluation metrics, implemented here (numpy only) and cross-checked in the tests against scikit-learn
-and ultralytics.
+"""Evaluation metrics: classification curves from scikit-learn, detection matching from ultralytics, the
+detection AP our own (numpy); cross-checked in the tests against scikit-learn, scipy and ultralytics.
 
 Classification (label 1 = abnormal, score = probability; an image is called abnormal when ``score >=
 threshold``, exactly as the server compares P with the gate):
 
-- ``auroc``: Mann-Whitney U statistic with average ranks for ties (equals the trapezoidal ROC area);
-- ``roc_curve`` / ``pr_curve`` / ``average_precision`` (step-wise, scikit-learn's definition);
+- ``auroc`` / ``roc_curve`` / ``pr_curve`` / ``average_precision``: scikit-learn (``roc_auc_score``,
+  ``roc_curve(drop_intermediate=False)``, ``precision_recall_curve``, ``average_precision_score``) behind
+  input checks (labels 0/1, finite scores); AUROC is NaN, not an error, when one class is missing;
 - ``bootstrap_ci``: percentile bootstrap, seeded; resamples studies (clusters) when ``groups`` is given;
 - ``confusion_at`` / ``threshold_table``: sensitivity, specificity, PPV, NPV, F1, accuracy at thresholds;
-- ``youden_threshold``: the cut maximising J = sensitivity + specificity - 1.
+- ``youden_threshold``: the cut maximising J = sensitivity + specificity - 1 (on scikit-learn's ROC points).
 
-Detection (``detection_map``): COCO-style greedy matching (predictions in descending confidence, each takes
-the unmatched same-class ground truth with the highest IoU >= the threshold) at IoU 0.50:0.05:0.95, and
-per-class AP from the monotone precision envelope. ``method="all"`` (default) is the exact all-point area
-(PASCAL VOC 2010+); ``method="coco101"`` samples the envelope at 101 recall points (COCO). Ultralytics
-integrates a linearly interpolated 101-point curve with the trapezoid rule, so its APs differ from both
-by a few thousandths (a perfect detector scores 0.995 there).
+Detection (``detection_map``): predictions are matched to ground truth by ultralytics' matcher (greedy in
+descending confidence at IoU 0.50:0.05:0.95, COCO's rule; box IoU from ``torchvision.ops.box_iou``). The
+per-class AP stays ours, because ultralytics' ``ap_per_class`` has one definition only: it integrates a
+linearly interpolated 101-point curve with the trapezoid rule (a perfect detector scores 0.995). Ours takes
+the monotone precision envelope and either its exact all-point area (``method="all"``, default; PASCAL VOC
+2010+) or 101 recall samples (``method="coco101"``, COCO); both differ from ultralytics' by a few
+thousandths, which the tests bound.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+from sklearn import metrics as skm
 
 COCO_IOUS = np.round(np.linspace(0.5, 0.95, 10), 2)
 
 
 # --------------------------------------------------------------------------- classification
-def _binary(y, s) -> tuple[np.ndarray, np.ndarray]:
+def _binary(y: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(np.int64).ravel()
     s = np.asarray(s, dtype=np.float64).ravel()
     if y.shape != s.shape:
@@ -40,69 +45,44 @@ def _binary(y, s) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], xs.size]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
-def auroc(y, s) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
+def auroc(y: ArrayLike, s: ArrayLike) -> float:
+    """Area under the ROC curve (scikit-learn); NaN when only one class is present."""
     y, s = _binary(y, s)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.min() == y.max():
         return float("nan")
-    r = average_ranks(s)
-    u = r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, s))
 
 
-def _cumulative(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tp, fp, thresholds) when calling ``score >= t`` positive, t over distinct scores (descending)."""
-    order = np.argsort(-s, kind="mergesort")
-    ys, ss = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(ss)), ss.size - 1]  # last index of each distinct score
-    tp = np.cumsum(ys)[last]
-    fp = (last + 1) - tp
-    return tp.astype(np.float64), fp.astype(np.float64), ss[last]
-
-
-def roc_curve(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), starting at (0, 0) with threshold +inf; needs both classes."""
+def roc_curve(y: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds): one point per distinct score, starting at (0, 0) with threshold +inf;
+    needs both classes."""
     y, s = _binary(y, s)
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.min() == y.max():
         raise ValueError("ROC needs both classes")
-    tp, fp, thr = _cumulative(y, s)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, thr]
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
-def pr_curve(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) for decreasing thresholds, starting at recall 0 / precision 1."""
+def pr_curve(y: ArrayLike, s: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) for decreasing thresholds, starting at recall 0 / precision 1
+    (threshold +inf) and ending where recall first reaches 1 (scikit-learn's ``precision_recall_curve``)."""
     y, s = _binary(y, s)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if not y.any():
         raise ValueError("precision-recall needs at least one positive")
-    tp, fp, thr = _cumulative(y, s)
-    return np.r_[1.0, tp / (tp + fp)], np.r_[0.0, tp / n_pos], np.r_[np.inf, thr]
+    precision, recall, thr = skm.precision_recall_curve(y, s)
+    return precision[::-1], recall[::-1], np.r_[np.inf, thr[::-1]]
 
 
-def average_precision(y, s) -> float:
+def average_precision(y: ArrayLike, s: ArrayLike) -> float:
     """Step-wise AP = sum_n (R_n - R_{n-1}) P_n (scikit-learn's ``average_precision_score``)."""
-    precision, recall, _ = pr_curve(y, s)
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    y, s = _binary(y, s)
+    if not y.any():
+        raise ValueError("precision-recall needs at least one positive")
+    return float(skm.average_precision_score(y, s))
 
 
-def bootstrap_ci(y, s, metric: Callable[[np.ndarray, np.ndarray], float] = auroc, *, n_boot: int = 2000,
-                 ci: float = 0.95, seed: int = 42, groups: Sequence | None = None) -> dict:
+def bootstrap_ci(y: ArrayLike, s: ArrayLike, metric: Callable[[np.ndarray, np.ndarray], float] = auroc, *,
+                 n_boot: int = 2000, ci: float = 0.95, seed: int = 42, groups: Sequence | None = None) -> dict:
     """Percentile bootstrap CI of ``metric``. With ``groups`` (study ids) whole studies are resampled.
 
     Resamples where the metric is undefined (one class only) are dropped; ``n`` says how many were used.
@@ -139,7 +119,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-def confusion_at(y, s, threshold: float) -> dict:
+def confusion_at(y: ArrayLike, s: ArrayLike, threshold: float) -> dict:
     """Counts and rates when ``score >= threshold`` is called abnormal."""
     y, s = _binary(y, s)
     pred = s >= threshold
@@ -155,7 +135,7 @@ def confusion_at(y, s, threshold: float) -> dict:
             "accuracy": _ratio(tp + tn, y.size), "youden_j": sens + spec - 1.0}
 
 
-def threshold_table(y, s, thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6),
+def threshold_table(y: ArrayLike, s: ArrayLike, thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6),
                     gate: float | None = None) -> list[dict]:
     """``confusion_at`` for each threshold (ascending; the gate is added and flagged ``is_gate``)."""
     values = {round(float(t), 6) for t in thresholds}
@@ -169,7 +149,7 @@ def threshold_table(y, s, thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6),
     return rows
 
 
-def youden_threshold(y, s) -> dict:
+def youden_threshold(y: ArrayLike, s: ArrayLike) -> dict:
     """The threshold maximising Youden's J on (y, s).
 
     Cuts are taken between adjacent distinct scores: the threshold is the midpoint between the lowest score
@@ -181,8 +161,8 @@ def youden_threshold(y, s) -> dict:
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("Youden's J needs both classes")
-    tp, fp, thr = _cumulative(y, s)
-    sens, spec = tp / n_pos, 1.0 - fp / n_neg
+    fpr, sens, thr = (a[1:] for a in skm.roc_curve(y, s, drop_intermediate=False))  # distinct scores, descending
+    spec = 1.0 - fpr
     j = sens + spec - 1.0
     best = np.flatnonzero(np.isclose(j, j.max(), rtol=0, atol=1e-12))
     k = int(best[np.argmax(sens[best])])
@@ -192,7 +172,7 @@ def youden_threshold(y, s) -> dict:
             "specificity": float(spec[k])}
 
 
-def binary_summary(y, s, gate: float, *, thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6),
+def binary_summary(y: ArrayLike, s: ArrayLike, gate: float, *, thresholds: Iterable[float] = (0.3, 0.4, 0.5, 0.6),
                    n_boot: int = 2000, ci: float = 0.95, seed: int = 42, groups: Sequence | None = None) -> dict:
     """AUROC with bootstrap CI, AP, operating point at the gate and the threshold table."""
     y, s = _binary(y, s)
@@ -209,22 +189,24 @@ def binary_summary(y, s, gate: float, *, thresholds: Iterable[float] = (0.3, 0.4
 
 
 # --------------------------------------------------------------------------- detection
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix [N, M] of xyxy boxes."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+def box_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """IoU matrix [N, M] of xyxy boxes (``torchvision.ops.box_iou`` in float64; 0 where both are empty)."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    a = torch.as_tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    return np.nan_to_num(tv_box_iou(a, b).numpy(), nan=0.0)
 
 
-def match_detections(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes,
-                     iou_thresholds: Sequence[float] = COCO_IOUS) -> np.ndarray:
-    """True-positive flags [N_pred, T] for one image (COCO greedy matching per IoU threshold)."""
+def match_detections(pred_boxes: ArrayLike, pred_scores: ArrayLike, pred_classes: ArrayLike, gt_boxes: ArrayLike,
+                     gt_classes: ArrayLike, iou_thresholds: Sequence[float] = COCO_IOUS) -> np.ndarray:
+    """True-positive flags [N_pred, T] for one image: ultralytics' matcher
+    (``BaseValidator.match_predictions``: in descending confidence, each prediction takes the unclaimed
+    same-class ground truth with the highest IoU, a TP when that IoU >= the threshold; COCO's rule)."""
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+
     pred_boxes = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
     pred_scores = np.asarray(pred_scores, dtype=np.float64).ravel()
     pred_classes = np.asarray(pred_classes).astype(np.int64).ravel()
@@ -234,17 +216,13 @@ def match_detections(pred_boxes, pred_scores, pred_classes, gt_boxes, gt_classes
     tp = np.zeros((pred_boxes.shape[0], thr.size), dtype=bool)
     if pred_boxes.shape[0] == 0 or gt_boxes.shape[0] == 0:
         return tp
-    iou = box_iou(pred_boxes, gt_boxes)
-    iou[pred_classes[:, None] != gt_classes[None, :]] = -1.0
-    order = np.argsort(-pred_scores, kind="mergesort")
-    for t, th in enumerate(thr):
-        taken = np.zeros(gt_boxes.shape[0], dtype=bool)
-        for i in order:
-            cand = np.where(taken, -1.0, iou[i])
-            j = int(np.argmax(cand))
-            if cand[j] >= th - 1e-12:
-                taken[j] = True
-                tp[i, t] = True
+    order = np.argsort(-pred_scores, kind="mergesort")  # the matcher expects descending confidence
+    iou = box_iou(gt_boxes, pred_boxes[order])  # [M, N], the matcher's layout
+    # match_predictions reads only ``self.iouv`` (the IoU thresholds)
+    validator = SimpleNamespace(iouv=torch.from_numpy(thr))
+    matched = BaseValidator.match_predictions(validator, torch.from_numpy(pred_classes[order]),
+                                              torch.from_numpy(gt_classes), torch.from_numpy(iou))
+    tp[order] = np.asarray(matched, dtype=bool)
     return tp
 
 
@@ -324,6 +302,7 @@ def detection_map(images: Iterable[ImageDetections], names: Sequence[str] | None
     i50 = int(np.argmin(np.abs(thr - 0.5)))
 
     def label(c: int) -> str:
+        """Class name of index ``c`` (the index when unnamed)."""
         return names[c] if names is not None and c < len(names) else str(c)
 
     per_class = {label(int(c)): {"ap50": float(ap[k, i50]), "ap50_95": float(ap[k].mean())}

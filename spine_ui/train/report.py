@@ -6,13 +6,13 @@ matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from spine_ui._io import atomic_write_json, atomic_write_text
 from spine_ui.train.metrics import auroc, average_precision, pr_curve, roc_curve
 
 DISCLAIMER = ("Research use only; not a medical device. Figures on synthetic data say nothing about clinical "
@@ -60,6 +60,7 @@ def plot_roc(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path:
 
 
 def plot_pr(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path: Path, title: str) -> Path | None:
+    """Precision-recall curves with AP per score set; None without positives."""
     y = np.asarray(labels)
     if y.sum() == 0:
         return None
@@ -76,6 +77,7 @@ def plot_pr(labels: Sequence[int], scores: Mapping[str, Sequence[float]], path: 
 
 
 def plot_ap_bars(per_class: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path | None:
+    """Per-class AP@0.5 and AP@0.5:0.95 bars; None without classes."""
     if not per_class:
         return None
     plt = _pyplot()
@@ -97,6 +99,7 @@ Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | (
 
 
 def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: fixed decimals for floats, "–" for missing or undefined values."""
     if v is None:
         return "–"
     if isinstance(v, bool):
@@ -109,6 +112,7 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
+    """Render report blocks as Markdown."""
     out = []
     for b in blocks:
         if b[0] == "h":
@@ -128,6 +132,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
+    """Render report blocks as a self-contained HTML page (values escaped)."""
     e = html.escape
     body = []
     for b in blocks:
@@ -196,6 +201,7 @@ THRESHOLD_HEADERS = ["threshold", "sensitivity", "specificity", "PPV", "NPV", "F
 
 
 def build_blocks(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[Block]:
+    """The report's headings, paragraphs, tables and images from the results dict."""
     b: list[Block] = [("h", 1, f"Training report: {results.get('name', '')}"), ("p", DISCLAIMER)]
     data = results.get("data", {})
     b.append(("p", f"Data: {data.get('n_train', '?')} training images ({data.get('train_abnormal', '?')} abnormal, "
@@ -297,9 +303,9 @@ def write_report(out_dir: Path, results: Mapping[str, Any], curves: Mapping[str,
         if p:
             plots["ap_test"] = p.name
     payload = clean_json({**results, "plots": plots})
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    atomic_write_json(out_dir / "metrics.json", payload, default=_json_default)
     blocks = build_blocks(results, plots)
-    (out_dir / "report.md").write_text(to_markdown(blocks))
-    (out_dir / "report.html").write_text(to_html(blocks, f"Training report: {results.get('name', '')}"))
+    atomic_write_text(out_dir / "report.md", to_markdown(blocks))
+    atomic_write_text(out_dir / "report.html", to_html(blocks, f"Training report: {results.get('name', '')}"))
     return {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html",
             "plots": {k: out_dir / v for k, v in plots.items()}}

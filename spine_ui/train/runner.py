@@ -107,14 +107,16 @@ def _progress_to_stderr(verbose: bool) -> Iterator[None]:
 
 def train(args: TrainArgs) -> TrainResult:
     """Run the requested stages; returns where the bundle and the report are."""
+    import os
+
     args = args.resolved()
-    with _progress_to_stderr(args.verbose):
+    with _progress_to_stderr(args.verbose and os.environ.get("RANK", "0") == "0"):  # rank 0 speaks for all
         return _train(args)
 
 
 def _train(args: TrainArgs) -> TrainResult:
     from spine_ui._env import restore_threads
-    from spine_ui.train.classifier import resolve_device
+    from spine_ui.train import distributed
     from spine_ui.train.stages.classify import clf_key, stage_classify
     from spine_ui.train.stages.data import make_folds, prepare_data
     from spine_ui.train.stages.detect import stage_detect
@@ -124,21 +126,29 @@ def _train(args: TrainArgs) -> TrainResult:
 
     run_dir = args.run_dir or default_run_dir(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
-    restore_threads()
-    log.info("run folder %s; device %s; stages %s%s", run_dir, device.type, ", ".join(args.stages),
-             " (resuming)" if args.resume else "")
-    write_json(run_dir / "args.json", asdict(args))
+    dist, device = distributed.setup(args.device)  # one rank of a torchrun job, or a plain single process
+    threads = distributed.threads_per_rank()
+    restore_threads(threads)
+    log.info("run folder %s; device %s; stages %s%s%s", run_dir, device.type, ", ".join(args.stages),
+             " (resuming)" if args.resume else "",
+             f"; rank {dist.rank} of {dist.world} ({dist.backend})" if dist.enabled else "")
     timings: dict[str, float] = dict((read_json(run_dir / "timings.json") or {}).get("seconds", {}))
 
     t = time.perf_counter()
-    train_split, test_split, _cache = prepare_data(args, run_dir)
+    if dist.is_main:  # rank 0 writes the data, the cache and the folds; the other ranks receive them
+        write_json(run_dir / "args.json", asdict(args))
+        prepared = prepare_data(args, run_dir)
+        folds = make_folds(prepared[0], args, run_dir)
+    train_split, test_split, _cache, folds = distributed.broadcast(
+        (*prepared, folds) if dist.is_main else None, dist)
     timings["data"] = time.perf_counter() - t
-    folds = make_folds(train_split, args, run_dir)
 
     def run_stage(name: str, fp: str, fn: Callable[[], dict],
                   valid: Callable[[dict], bool] = lambda _r: True) -> dict | None:
+        """Run (or skip, or reuse) one stage and record its ``done.json``."""
         marker = run_dir / name / "done.json"
+        if not dist.is_main and name != "classify":  # only the classifiers train on every rank
+            return None
         if name not in args.stages:
             d = read_json(marker)
             if d is not None and d.get("fingerprint") != fp:
@@ -153,6 +163,8 @@ def _train(args: TrainArgs) -> TrainResult:
         t0 = time.perf_counter()
         result = fn()
         timings[name] = time.perf_counter() - t0
+        if not dist.is_main:
+            return result
         write_json(marker, {"fingerprint": fp, "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds"), "seconds": timings[name], "result": result})
         write_json(run_dir / "timings.json", {"seconds": timings})
@@ -161,10 +173,14 @@ def _train(args: TrainArgs) -> TrainResult:
     fold_key = [[ids_key([train_split.ids[i] for i in va])] for _, va in folds]
     clf_fp = fingerprint("classify", clf_key(args), fold_key, ids_key(train_split.ids), args.selection.tta_views)
     classify = run_stage("classify", clf_fp, lambda: stage_classify(args, train_split, folds, run_dir, device))
+    distributed.barrier(dist)
+    distributed.teardown()  # the later stages run on rank 0 alone (ultralytics launches its own DDP)
+    if not dist.is_main:
+        return TrainResult(run_dir, None, None, {}, timings)
     det_fp = fingerprint("detect", asdict(args.detector), asdict(args.preprocess), ids_key(train_split.ids))
     detect = run_stage("detect", det_fp, lambda: stage_detect(args, train_split, run_dir, device),
                        valid=lambda r: Path(r.get("best", "")).is_file())
-    restore_threads()
+    restore_threads(threads)
     sel_fp = fingerprint("select", clf_fp, asdict(args.selection))
     selection = run_stage("select", sel_fp, lambda: stage_select(args, train_split, folds, run_dir))
     if selection is None:

@@ -40,6 +40,7 @@ def simplex_grid(n: int, step: float = 0.05) -> Iterator[tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class WeightSearch:
+    """Result of the weight grid search."""
     weights: dict[str, float]
     auroc: float
     n_candidates: int

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from spine_ui._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from spine_ui.config import LESION_CLASSES, PreprocessConfig, to_dict
 from spine_ui.core.preprocess import enhance
 
@@ -57,14 +58,17 @@ class Box:
 
     @property
     def area(self) -> float:
+        """Box area in pixels (0 when degenerate)."""
         return max(0.0, self.xmax - self.xmin) * max(0.0, self.ymax - self.ymin)
 
     def scaled(self, sx: float, sy: float) -> "Box":
+        """The box with x scaled by ``sx`` and y by ``sy``."""
         return Box(self.label, self.xmin * sx, self.ymin * sy, self.xmax * sx, self.ymax * sy, self.rad_id)
 
 
 @dataclass
 class ImageRecord:
+    """One image of an annotation CSV with its (merged) lesion boxes."""
     image_id: str
     study_id: str
     series_id: str
@@ -74,27 +78,27 @@ class ImageRecord:
 
 # --------------------------------------------------------------------------- CSV
 def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    iw = min(a.xmax, b.xmax) - max(a.xmin, b.xmin)
-    ih = min(a.ymax, b.ymax) - max(a.ymin, b.ymin)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a.area + b.area - inter)
+    """Intersection over union of two boxes (``spine_ui.train.metrics.box_iou``: torchvision)."""
+    from spine_ui.train.metrics import box_iou
+
+    return float(box_iou(_xyxy([a]), _xyxy([b]))[0, 0])
 
 
 def merge_duplicates(boxes: Sequence[Box], iou_threshold: float = 0.5) -> list[Box]:
     """Merge same-label boxes of different radiologists (IoU >= threshold) into their mean box."""
+    from spine_ui.train.metrics import box_iou
+
     groups: list[list[Box]] = []
     means: list[Box] = []
     for b in boxes:
-        best, best_iou = -1, iou_threshold
-        for i, (g, m) in enumerate(zip(groups, means)):
-            if m.label != b.label or any(x.rad_id == b.rad_id for x in g):
-                continue
-            v = iou(m, b)
-            if v >= best_iou:
-                best, best_iou = i, v
+        best = -1
+        if means:
+            v = box_iou(_xyxy([b]), _xyxy(means))[0]
+            free = np.array([m.label == b.label and all(x.rad_id != b.rad_id for x in g)
+                             for g, m in zip(groups, means)])
+            v = np.where(free, v, -1.0)
+            if v.max() >= iou_threshold:
+                best = int(np.flatnonzero(v == v.max())[-1])  # ties: the later group, as a sequential scan
         if best < 0:
             groups.append([b])
             means.append(b)
@@ -102,6 +106,10 @@ def merge_duplicates(boxes: Sequence[Box], iou_threshold: float = 0.5) -> list[B
             groups[best].append(b)
             means[best] = _mean_box(groups[best])
     return means
+
+
+def _xyxy(boxes: Sequence[Box]) -> np.ndarray:
+    return np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in boxes], dtype=np.float64)
 
 
 def _mean_box(group: Sequence[Box]) -> Box:
@@ -213,6 +221,7 @@ def read_labels(path: str | os.PathLike, width: int, height: int) -> list[Box]:
 # --------------------------------------------------------------------------- cache
 @dataclass(frozen=True)
 class CacheRow:
+    """One ``index.csv`` row: ids, label, working and original image sizes, box count."""
     image_id: str
     study_id: str
     abnormal: bool
@@ -237,9 +246,11 @@ class CacheIndex:
         return len(self.rows)
 
     def image_path(self, image_id: str) -> Path:
+        """The cached enhanced PNG of ``image_id``."""
         return self.root / "images" / f"{image_id}.png"
 
     def label_path(self, image_id: str) -> Path:
+        """The YOLO label file of ``image_id``."""
         return self.root / "labels" / f"{image_id}.txt"
 
 
@@ -262,7 +273,7 @@ def _check_config(cache_dir: Path, cfg: PreprocessConfig) -> None:
         if (cache_dir / split).is_dir():
             shutil.rmtree(cache_dir / split)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fingerprint": fp, "preprocess": to_dict(cfg)}, indent=2, sort_keys=True))
+    atomic_write_json(path, {"fingerprint": fp, "preprocess": to_dict(cfg)}, sort_keys=True)
 
 
 def _read_index(path: Path) -> dict[str, CacheRow]:
@@ -274,12 +285,10 @@ def _read_index(path: Path) -> dict[str, CacheRow]:
                 for r in csv.DictReader(fh)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return  # unchanged: keep the mtime
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _build_image(src: Path, dst: Path, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
@@ -288,10 +297,10 @@ def _build_image(src: Path, dst: Path, cfg: PreprocessConfig) -> tuple[int, int,
 
     study = decode_file(src)
     work = enhance(study.pixels, cfg)
-    tmp = dst.with_name(dst.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), work):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, dst)
+    ok, png = cv2.imencode(".png", work)
+    if not ok:
+        raise OSError(f"could not encode {dst.name}")
+    atomic_write_bytes(dst, png.tobytes())
     oh, ow = study.pixels.shape
     h, w = work.shape
     return w, h, ow, oh
@@ -329,7 +338,7 @@ def build_cache(data_dir: str | os.PathLike, split: str, cache_dir: str | os.Pat
             index.built += 1
         boxes = [b.scaled(w / ow, h / oh) for b in rec.boxes]
         text = label_text(boxes, w, h)
-        _write_atomic(index.label_path(rec.image_id), text)
+        _write_if_changed(index.label_path(rec.image_id), text)
         index.rows.append(CacheRow(rec.image_id, rec.study_id, rec.abnormal, w, h, ow, oh, text.count("\n")))
     _write_index(root / "index.csv", index.rows)
     return index
@@ -340,7 +349,7 @@ def _write_index(path: Path, rows: Sequence[CacheRow]) -> None:
     for r in rows:
         lines.append(f"{r.image_id},{r.study_id},{int(r.abnormal)},{r.width},{r.height},"
                      f"{r.orig_width},{r.orig_height},{r.n_boxes}")
-    _write_atomic(path, "\n".join(lines) + "\n")
+    _write_if_changed(path, "\n".join(lines) + "\n")
 
 
 def write_yolo_yaml(cache_dir: str | os.PathLike, names: Sequence[str] = LESION_CLASSES, *,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from spine_ui._io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,6 @@ EXAMPLES: tuple[Example, ...] = (
 )
 
 
-def _write_atomic(target: Path, writer: Callable[[Path], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer(tmp)
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def ensure_examples(directory: str | os.PathLike) -> list[Path]:
     """Write the missing example studies into ``directory``; return the paths that exist afterwards.
 
@@ -95,7 +84,9 @@ def ensure_examples(directory: str | os.PathLike) -> list[Path]:
         target = d / ex.filename
         if not target.is_file():
             try:
-                _write_atomic(target, ex.write)
+                with atomic_path(target) as tmp:
+                    ex.write(tmp)
+                    tmp.chmod(0o644)
             except Exception as exc:  # an example is a convenience; the app must start regardless
                 log.warning("Could not write example %s (%s).", ex.filename, type(exc).__name__)
                 continue

@@ -56,8 +56,10 @@ def read_predictions(path: Path) -> dict[str, float]:
 def stage_classify(args: TrainArgs, train: Split, folds: list[Fold], run_dir: Path,
                    device: "torch.device") -> dict:
     """Train every member on every fold (resumable per unit), write OOF predictions, fit the final models."""
-    from spine_ui.train.classifier import fit, load_model, predict
+    from spine_ui.train import distributed
+    from spine_ui.train.classifier import fit, load_model, predict_all
 
+    dist = distributed.current()  # under torchrun every rank trains; rank 0 writes
     cfg, sel = args.classifier, args.selection
     amp = device.type == "cuda" and cfg.amp
     base = clf_key(args)
@@ -70,15 +72,18 @@ def stage_classify(args: TrainArgs, train: Split, folds: list[Fold], run_dir: Pa
                              ids_key([train.ids[i] for i in va]), sel.tta_views)
             result = done(unit / "done.json", fp) if args.resume else None
             if result is None or not oof_path(run_dir, arch, k).exists():
-                if not args.resume:
+                if not args.resume and dist.is_main:
                     shutil.rmtree(unit, ignore_errors=True)
+                distributed.barrier(dist)
                 log.info("%s fold %d/%d: %d train / %d validation images", arch, k + 1, len(folds), len(tr), len(va))
                 res = fit(arch, train.paths(tr), train.labels[tr], unit, cfg, device, val_paths=train.paths(va),
                           val_labels=train.labels[va], fingerprint=fp, preprocess=args.preprocess, log=log.info)
                 model = load_model(arch, unit / "best.pt")
-                views = predict(model, train.paths(va), cfg.input_size, sel.tta_views, device,
-                                preprocess=args.preprocess, batch=cfg.eval_batch, amp=amp)
-                write_predictions(oof_path(run_dir, arch, k), [train.ids[i] for i in va], train.labels[va], views)
+                views = predict_all(model, train.paths(va), cfg.input_size, sel.tta_views, device, dist,
+                                    preprocess=args.preprocess, batch=cfg.eval_batch, amp=amp)
+                if dist.is_main:
+                    write_predictions(oof_path(run_dir, arch, k), [train.ids[i] for i in va], train.labels[va],
+                                      views)
                 result = {"fingerprint": fp, **res.to_json()}
             else:
                 log.info("%s fold %d/%d: done (resumed)", arch, k + 1, len(folds))
@@ -90,8 +95,10 @@ def stage_classify(args: TrainArgs, train: Split, folds: list[Fold], run_dir: Pa
 def _final_model(args: TrainArgs, arch: str, train: Split, fold_results: list[dict], run_dir: Path,
                  device: "torch.device") -> dict:
     """Refit on the whole train split for the median best fold epoch, or keep the best fold model."""
+    from spine_ui.train import distributed
     from spine_ui.train.classifier import fit
 
+    dist = distributed.current()
     cfg = args.classifier
     unit = run_dir / "classify" / arch / "final"
     best_epochs = [int(r["best_epoch"]) for r in fold_results]
@@ -99,8 +106,9 @@ def _final_model(args: TrainArgs, arch: str, train: Split, fold_results: list[di
             "fold_stopped_early": [r["stopped_early"] for r in fold_results]}
     if fold_results and cfg.final == "best_fold":
         k = int(np.nanargmax([r["best_score"] for r in fold_results]))
-        unit.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "classify" / arch / f"fold{k}" / "best.pt", unit / "best.pt")
+        if dist.is_main:
+            unit.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "classify" / arch / f"fold{k}" / "best.pt", unit / "best.pt")
         info.update(final=f"best fold ({k + 1})", final_epochs=best_epochs[k],
                     pretrained=fold_results[k]["pretrained"])
         return info
@@ -108,8 +116,9 @@ def _final_model(args: TrainArgs, arch: str, train: Split, fold_results: list[di
     fp = fingerprint("final", arch, clf_key(args), ids_key(train.ids), epochs)
     result = done(unit / "done.json", fp) if args.resume else None
     if result is None:
-        if not args.resume:
+        if not args.resume and dist.is_main:
             shutil.rmtree(unit, ignore_errors=True)
+        distributed.barrier(dist)
         log.info("%s final model: %d images, %d epochs", arch, len(train.ids), epochs)
         result = fit(arch, train.paths(), train.labels, unit, cfg, device, epochs=epochs, fingerprint=fp,
                      preprocess=args.preprocess, log=log.info).to_json()

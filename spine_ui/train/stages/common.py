@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from spine_ui._io import atomic_write_json
+
 #: (train indices, validation indices) of one cross-validation fold
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -51,11 +53,7 @@ def write_json(path: Path, data: Any) -> Path:
     """Write strict JSON (NaN -> null) atomically, creating parent folders."""
     from spine_ui.train.report import clean_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean_json(data), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, clean_json(data))
 
 
 def done(path: Path, fp: str) -> dict | None:

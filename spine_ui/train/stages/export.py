@@ -6,14 +6,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from spine_ui._io import atomic_dir
 from spine_ui.config import PreprocessConfig
 from spine_ui.train.config import TrainArgs
 from spine_ui.train.stages.classify import final_models
@@ -116,8 +115,7 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
     else:
         log.warning("no trained detector (detect stage not run); the bundle will have no lesion detector")
     manifest = build_manifest(args, train, test, folds, selection, detect, report, classify, device, names)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
-    try:
+    with atomic_dir(out) as tmp:
         log.info("exporting %d classifiers%s (ONNX + state dicts)", len(specs), " + detector" if det else "")
         assemble(tmp, manifest, list(zip(specs, (models[s.arch] for s in specs))), det)
         ids = list(range(len(train.ids)))
@@ -132,13 +130,6 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
         manifest.ood = {"file": "ood.npz", "percentile": float(exp.ood_percentile), "threshold": ood.threshold,
                         "n_train": ood.n_train, "features": "identity-view pooled features of every member"}
         write_manifest(tmp, manifest)
-        tmp.chmod(0o755)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     check = serving_check(out, models, specs, test if test.ids else train, args.selection.tta_views,
                           args.preprocess, device)
     return {"bundle": str(out), "name": manifest.name, "version": manifest.version, "ood_threshold": ood.threshold,

@@ -88,8 +88,8 @@ def stage_report(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
         from spine_ui.train.detector import evaluate
 
         log.info("evaluating the detector on the test split (ultralytics val)")
-        results["detection"] = evaluate(Path(detect["best"]), run_dir / "cache", test.ids, run_dir / "report" / "detect",
-                                        args.detector, device.type)
+        results["detection"] = evaluate(Path(detect["best"]), run_dir / "cache", test.ids,
+                                        run_dir / "report" / "detect", args.detector, device.type)
         results["detection"]["training"] = {k: detect.get(k) for k in ("arch", "n_train", "n_holdout", "balance",
                                                                          "holdout_is_train", "seconds")}
     else:
