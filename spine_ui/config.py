@@ -287,6 +287,46 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where worklists, findings, review marks and the audit log are kept, and who may sign in.
+
+    SQLite at ``data_dir/spine.db`` by default; PostgreSQL when ``database_url`` is set (several app replicas
+    then share one database). ``users_file``: sign-in is on when set (``None``: one local user, "local").
+    ``retention_days``: findings, marks and worklists older than this are deleted by ``db purge`` (0: never).
+    ``store_names``: keep each study's file name in its worklist (False: a neutral label, "study-<hash>")."""
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    retention_days: int = 365
+    users_file: Path | None = None
+    store_names: bool = True
+    busy_timeout_s: float = 10.0
+    connect_timeout_s: int = 5
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL: PostgreSQL through psycopg 3, or the SQLite file."""
+        if self.database_url:
+            url = self.database_url
+            for prefix in ("postgresql://", "postgres://"):
+                if url.startswith(prefix):
+                    url = "postgresql+psycopg://" + url[len(prefix):]
+            return url
+        return f"sqlite:///{(self.data_dir / 'spine.db').as_posix()}"
+
+    @classmethod
+    def from_env(cls) -> "StoreConfig":
+        users = os.environ.get("SPINE_USERS", "").strip()
+        return cls(
+            data_dir=Path(os.environ.get("SPINE_DATA_DIR", "data")),
+            database_url=os.environ.get("SPINE_DATABASE_URL", "").strip() or None,
+            retention_days=int(os.environ.get("SPINE_RETENTION_DAYS", "365")),
+            users_file=Path(users) if users else None,
+            store_names=os.environ.get("SPINE_STORE_NAMES", "1").strip().lower() not in ("0", "false", "no"),
+        )
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The Ray batch engine (``analyze --engine ray``). ``SPINE_RAY_ADDRESS`` (``auto`` or ``HOST:PORT``; empty:
     start a local cluster on 127.0.0.1), ``SPINE_RAY_WORKERS`` (inference actors; 0: one per

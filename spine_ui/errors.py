@@ -103,6 +103,37 @@ class CalibrationDataError(InputError):
     default_message = "The reviews file cannot be used for recalibration."
 
 
+class StoreError(SpineUIError):
+    """The database of worklists, review marks and the audit log cannot be used (the analysis still works)."""
+
+    default_message = ("The review database is not available: results are shown but nothing can be saved right "
+                       "now. Ask your administrator to check the database.")
+
+
+class StoreUnavailableError(StoreError):
+    default_message = ("The review database cannot be reached (PostgreSQL is down or refuses connections): "
+                       "nothing was saved. Results are still shown; try saving again in a moment.")
+
+
+class StoreLockedError(StoreError):
+    default_message = ("The review database is busy (locked by another process): nothing was saved. Try again "
+                       "in a moment.")
+
+
+class StoreReadOnlyError(StoreError):
+    default_message = ("The review database is read-only (file or folder permissions): nothing was saved. Ask "
+                       "your administrator to make the data folder writable.")
+
+
+class StoreFullError(StoreError):
+    default_message = "The disk holding the review database is full: nothing was saved. Free some space."
+
+
+class StoreCorruptError(StoreError):
+    default_message = ("The review database file is damaged or is not a database: nothing was saved. Restore "
+                       "it from a backup or move it away to start a new one.")
+
+
 class EngineUnavailableError(SpineUIError):
     """A batch engine cannot run here (an optional dependency is missing, a cluster is unreachable)."""
 

@@ -2,8 +2,11 @@
 synthetic spine DICOMs written by the tests, the web app on the full untrained bundle."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-bundles"
 os.environ.setdefault("SPINE_CACHE_DIR", str(ROOT / ".cache" / "spine_ui"))
+if "SPINE_DATA_DIR" not in os.environ:  # a fresh review database per test run, removed at exit
+    os.environ["SPINE_DATA_DIR"] = tempfile.mkdtemp(prefix="spine-test-data-")
+    atexit.register(shutil.rmtree, os.environ["SPINE_DATA_DIR"], True)
 
 import spine_ui  # noqa: E402  (applies the offline environment first)
 

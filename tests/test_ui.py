@@ -88,8 +88,8 @@ def test_build_app_endpoints_and_furniture(demo, ui):
     names = {f.api_name: f for f in demo.fns.values()}
     assert {"analyze", "explain"} <= set(names)
     assert names["analyze"].api_visibility == "public" and names["explain"].api_visibility == "public"
-    ui_events = [f for f in demo.fns.values() if f.fn is not None and f.api_name not in ("analyze", "explain",
-                                                                                          "load_example")]
+    public = ("analyze", "explain", "load_example", "worklist_add", "review_mark", "worklist", "audit_export")
+    ui_events = [f for f in demo.fns.values() if f.fn is not None and f.api_name not in public]
     assert ui_events and all(f.api_visibility == "private" for f in ui_events)
     assert ui.info["trained"] is False
     config = json.dumps(demo.get_config_file(), default=str)

@@ -26,7 +26,7 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from spine_ui.cli import analyze, bench, bundle, calibrate, pacs, train
+    from spine_ui.cli import analyze, audit, bench, bundle, calibrate, db, pacs, train, users
 
     p = argparse.ArgumentParser(prog="python -m spine_ui", description="SpineXR Triage (research use only).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     pacs.register(sub)
     calibrate.register(sub)
+    db.register(sub)
+    users.register(sub)
+    audit.register(sub)
     return p
 
 

@@ -17,15 +17,18 @@ from typing import Any, Iterator
 import gradio as gr
 
 from spine_ui._env import limit_malloc_arenas
-from spine_ui.config import RuntimeConfig, SchedulerConfig, UIConfig
+from spine_ui.config import RuntimeConfig, SchedulerConfig, StoreConfig, UIConfig
 from spine_ui.core.pipeline import Analyzer
 from spine_ui.errors import BundleError
+from spine_ui.services.auth import Authenticator, ClientAddressMiddleware
 from spine_ui.services.scheduler import Scheduler
+from spine_ui.services.store.reviews import Reviews
 from spine_ui.ui import layout as L
 from spine_ui.ui import render as R
 from spine_ui.ui.dicom_actions import DicomActions
 from spine_ui.ui.examples import ensure_examples
 from spine_ui.ui.handlers import OUTPUTS, SpineUI, default_lime_samples
+from spine_ui.ui.saved import SavedWorklists, user_of
 from spine_ui.ui import worklist as WL
 from spine_ui.ui.worklist import WorklistUI
 
@@ -45,10 +48,13 @@ def launch_kwargs(**overrides: Any) -> dict[str, Any]:
 
 
 def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L.EXAMPLES_DIR,
-              lime_samples: int | None = None, cache_size: int | None = None) -> gr.Blocks:
+              lime_samples: int | None = None, cache_size: int | None = None, reviews: Reviews | None = None,
+              auth: Authenticator | None = None) -> gr.Blocks:
     """The Blocks app. Without ``analyzer`` the default bundle is loaded (and warmed up) once, here, with an
     Analyzer cache of ``cache_size`` studies (default ``UIConfig.cache_studies``), which also bounds a worklist
-    so that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size."""
+    so that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size.
+    ``reviews``: the review database (default: ``StoreConfig.from_env()``, migrated here); ``auth``: the sign-in
+    check whose users' roles apply (default: none, one local user)."""
     cfg = UIConfig.from_env()
     sched_cfg = SchedulerConfig.from_env()
     if analyzer is None:
@@ -60,9 +66,11 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
     if analyzer.scheduler is None:  # the app always orders model work: first answers before explanations
         analyzer.scheduler = Scheduler(sched_cfg)
         analyzer.lime_batch = analyzer.lime_batch or sched_cfg.lime_batch or None
-    ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg))
+    ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg), reviews,
+                 role=auth.role if auth is not None else None)
     ui.dicom = DicomActions(ui)
     wl = WorklistUI(ui)
+    saved = SavedWorklists(wl)
     info = ui.info
     examples = ensure_examples(examples_dir) if examples_dir is not None else []
     c: dict[str, Any] = {}  # the single-study view
@@ -72,6 +80,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
     with gr.Blocks(title=L.TITLE, delete_cache=(300, 1800), analytics_enabled=False) as demo:
         ui.cache_dir = Path(demo.GRADIO_CACHE)
         L.header(info)
+        whoami = gr.HTML(saved.whoami_html("local"), elem_id="sx-whoami", js_on_load=None)
         with gr.Tabs(elem_id="sx-tabs"):
             L.single_tab(c, ui, examples, cam_choices)
             L.worklist_tab(w, ui, cam_choices)
@@ -90,7 +99,8 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
                 yield {comps[k]: v for k, v in out.items()}
 
         def ui_upload(path, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
-            yield from to_components(ui.on_upload(path, always_v, samples_v, progress, session(request)))
+            yield from to_components(ui.on_upload(path, always_v, samples_v, progress, session(request),
+                                                  user_of(request)))
 
         limit = sched_cfg.ui_concurrency
         common = dict(api_visibility="private", concurrency_id="analysis", concurrency_limit=limit)
@@ -101,17 +111,17 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             worklist id and open-study states; then updates for a study the page no longer shows are dropped."""
             p_outputs = [p[name] for name in OUTPUTS]
             if case:
-                def ui_explain(key, always_v, samples_v, wl_id, pos, progress=gr.Progress()):
+                def ui_explain(key, always_v, samples_v, wl_id, pos, request: gr.Request, progress=gr.Progress()):
                     yield from to_components(wl.guard(wl_id, pos, ui.on_explain(key, always_v, samples_v,
-                                                                                 progress)), p)
+                                                                                 progress, user_of(request))), p)
 
                 def ui_lime_explain(key, always_v, samples_v, wl_id, pos, request: gr.Request,
                                     progress=gr.Progress()):
                     yield from to_components(wl.guard(wl_id, pos, ui.on_lime(
                         key, always_v, samples_v, True, progress, session(request, "worklist"))), p)
             else:
-                def ui_explain(key, always_v, samples_v, progress=gr.Progress()):
-                    yield from to_components(ui.on_explain(key, always_v, samples_v, progress), p)
+                def ui_explain(key, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+                    yield from to_components(ui.on_explain(key, always_v, samples_v, progress, user_of(request)), p)
 
                 def ui_lime_explain(key, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
                     yield from to_components(ui.on_lime(key, always_v, samples_v, True, progress,
@@ -149,8 +159,8 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
                       [c["dicom_file"], c["dicom_status"]], queue=False, **private_)
 
         # --- worklist
-        def wl_upload(paths, always_v, progress=gr.Progress()):
-            yield from to_components(wl.on_upload(paths, always_v, progress), w)
+        def wl_upload(paths, always_v, wl_id, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(wl.on_upload(paths, always_v, progress, user_of(request), wl_id), w)
 
         def wl_stop(wl_id):
             return {w[k]: v for k, v in wl.on_stop(wl_id).items()}
@@ -162,25 +172,32 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
             yield from to_components(wl.guard(wl_id, pos, ui.on_lime(key, always_v, samples_v, False, progress,
                                                                      session(request, "worklist"))), w)
 
-        def wl_select(wl_id, always_v, samples_v, evt: gr.SelectData, progress=gr.Progress()):
+        def wl_select(wl_id, always_v, samples_v, evt: gr.SelectData, request: gr.Request, progress=gr.Progress()):
             number = (evt.row_value or [None])[0] if evt is not None else None
-            yield from to_components(wl.on_select(wl_id, number, always_v, samples_v, progress), w)
+            yield from to_components(wl.on_select(wl_id, number, always_v, samples_v, progress, user_of(request)), w)
 
-        def wl_prev(wl_id, pos, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(wl.on_step(wl_id, pos, -1, always_v, samples_v, progress), w)
+        def wl_prev(wl_id, pos, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(wl.on_step(wl_id, pos, -1, always_v, samples_v, progress, user_of(request)), w)
 
-        def wl_next(wl_id, pos, always_v, samples_v, progress=gr.Progress()):
-            yield from to_components(wl.on_step(wl_id, pos, +1, always_v, samples_v, progress), w)
+        def wl_next(wl_id, pos, always_v, samples_v, request: gr.Request, progress=gr.Progress()):
+            yield from to_components(wl.on_step(wl_id, pos, +1, always_v, samples_v, progress, user_of(request)), w)
 
-        def wl_review(wl_id, pos, review, comment):
-            yield from to_components(wl.on_review(wl_id, pos, review, comment), w)
+        def wl_review(wl_id, pos, review, comment, request: gr.Request):
+            yield from to_components(wl.on_review(wl_id, pos, review, comment, user_of(request)), w)
+
+        def wl_reopen(saved_id, request: gr.Request):
+            yield from to_components(saved.on_reopen(saved_id, user_of(request)), w)
+
+        def page_load(request: gr.Request):
+            out = saved.on_load(user_of(request))
+            return {whoami: out["whoami"], w["wl_saved_list"]: out["wl_saved_list"]}
 
         private = dict(api_visibility="private")
         wl_lime_inputs = [w["state"], w["always"], w["samples"], w["wl_id"], w["wl_pos"]]
         followups = wire_followups(w, w["always"], w["samples"], (w["wl_id"], w["wl_pos"]))
         # A new upload asks the session's running worklist (if any) to stop, then starts the new one.
         w["wl_files"].upload(wl_replace, [w["wl_id"]], [w["wl_progress"]], queue=False, **private).then(
-            wl_upload, [w["wl_files"], w["always"]], wl_outputs, show_progress_on=[w["wl_progress"]],
+            wl_upload, [w["wl_files"], w["always"], w["wl_id"]], wl_outputs, show_progress_on=[w["wl_progress"]],
             concurrency_id="worklist", concurrency_limit=1, **private)
         w["wl_stop"].click(wl_stop, [w["wl_id"]], [w["wl_progress"]], queue=False, **private)
         view = dict(concurrency_id="view", concurrency_limit=limit, **private)
@@ -200,6 +217,32 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         w["wl_save"].click(wl_review, [w["wl_id"], w["wl_pos"], w["wl_review"], w["wl_comment"]], wl_outputs,
                            show_progress="minimal", **view)
 
+        w["wl_reopen"].click(wl_reopen, [w["wl_saved_list"]], wl_outputs, **view)
+        gr.on([demo.load, w["wl_refresh"].click], page_load, None, [whoami, w["wl_saved_list"]], queue=False,
+              **private)
+
+        def api_worklist_add(files, worklist_id, request: gr.Request):
+            return saved.api_add(files, worklist_id, user_of(request))
+
+        def api_review_mark(worklist_id, study, review, comment, request: gr.Request):
+            return saved.api_mark(worklist_id, study, review, comment, user_of(request))
+
+        def api_worklist(worklist_id, request: gr.Request):
+            return saved.api_read(worklist_id, user_of(request))
+
+        def api_audit_export(since, request: gr.Request):
+            return saved.api_audit(since, user_of(request))
+
+        res = [api["result"]]
+        gr.Button(visible=False).click(api_worklist_add, [api["files"], api["worklist_id"]], res,
+                                       api_name="worklist_add", concurrency_id="worklist")
+        gr.Button(visible=False).click(api_review_mark, [api["worklist_id"], api["study"], api["review"],
+                                                         api["comment"]], res, api_name="review_mark",
+                                       concurrency_id="view", concurrency_limit=2)
+        gr.Button(visible=False).click(api_worklist, [api["worklist_id"]], res, api_name="worklist",
+                                       concurrency_id="view", concurrency_limit=2)
+        gr.Button(visible=False).click(api_audit_export, [api["since"]], res, api_name="audit_export",
+                                       concurrency_id="view", concurrency_limit=2)
         gr.Button(visible=False).click(ui.api_analyze, [api_file], [api_json], api_name="analyze",
                                        concurrency_id="analysis", concurrency_limit=limit)
         gr.Button(visible=False).click(ui.api_explain, [api_file, api_samples],
@@ -216,6 +259,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
     demo.queue(default_concurrency_limit=1, max_size=max(64, 2 * limit))  # bounded; >= 20 users (load test)
     demo.spine = ui  # type: ignore[attr-defined]  (tests call the handlers directly)
     demo.spine_worklist = wl  # type: ignore[attr-defined]
+    demo.spine_saved = saved  # type: ignore[attr-defined]
     demo.spine_components = c  # type: ignore[attr-defined]
     demo.spine_worklist_components = w  # type: ignore[attr-defined]
     return demo
@@ -231,12 +275,28 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     limit_malloc_arenas(RuntimeConfig.from_env().malloc_arenas)  # before the worker threads exist
+    store_cfg = StoreConfig.from_env()
+    reviews = Reviews(store_cfg)  # creates / migrates the database; a failure is shown in the page
+    if reviews.error:
+        log.error("Review database: %s", reviews.error)
+    auth = Authenticator(store_cfg.users_file, reviews.audit) if store_cfg.users_file else None
     try:
-        demo = build_app()
+        demo = build_app(reviews=reviews, auth=auth)
     except BundleError as exc:  # missing / tampered bundle: a clear line, not a traceback
         log.error("Cannot start: %s", exc.user_message)
         raise SystemExit(1) from None
-    demo.launch(**launch_kwargs())
+    demo.launch(**launch_kwargs(**auth_kwargs(auth)))
+
+
+def auth_kwargs(auth: Authenticator | None) -> dict[str, Any]:
+    """Sign-in for ``launch``: gradio's login page checking the users file, client addresses for the rate
+    limit. Nothing when sign-in is off."""
+    if auth is None:
+        return {}
+    from starlette.middleware import Middleware
+
+    return {"auth": auth, "auth_message": "SpineXR Triage - sign in (research use only, not a medical device)",
+            "app_kwargs": {"middleware": [Middleware(ClientAddressMiddleware)]}}
 
 
 __all__ = ["build_app", "launch_kwargs", "main"]

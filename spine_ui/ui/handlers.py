@@ -25,13 +25,15 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import numpy as np
 
-from spine_ui.config import UIConfig
+from spine_ui.config import StoreConfig, UIConfig
 from spine_ui.core.finding import BundleInfo, Finding
 from spine_ui.core.pipeline import Analysis, AnalysisOptions, Analyzer
 from spine_ui.errors import InputError, SchedulerError, TaskCancelledError
 from spine_ui.lru import LRU
 from spine_ui.services.scheduler.sessions import SessionTokens
 from spine_ui.services.reports.metrics import metric_lines
+from spine_ui.services.store.reviews import Reviews
+from spine_ui.services.store.store import StoredFinding
 from spine_ui.ui import render as R
 from spine_ui.ui import viewer as V
 
@@ -83,8 +85,11 @@ class RecentStudies:
 class SpineUI:
     """The handlers behind the page and the API; plain Python, callable without a server (tests)."""
 
-    def __init__(self, analyzer: Analyzer, lime_samples: int | None = None) -> None:
+    def __init__(self, analyzer: Analyzer, lime_samples: int | None = None, reviews: Reviews | None = None,
+                 role: Callable[[str], str | None] | None = None) -> None:
         self.analyzer = analyzer
+        self.reviews = reviews if reviews is not None else Reviews(StoreConfig.from_env())
+        self.role = role or (lambda _user: "admin")  # sign-in off: the one local user may do everything
         self.recent = RecentStudies(analyzer.cache_size, RECENT_MAX_BYTES)
         self.info = analyzer.bundle.info()
         self.info["metrics"] = metric_lines(analyzer.bundle.manifest.metrics, analyzer.bundle.manifest.trained)
@@ -146,8 +151,22 @@ class SpineUI:
     # The page runs two chained events per study: the stages up to boxes + Grad-CAM (streamed, fast), then
     # LIME on the cached analysis with a progress bar on the LIME panel.
     def on_upload(self, path: str | None, always: bool, lime_samples: float,
-                  progress: Any = None, session: str | None = None) -> Iterator[dict[str, Any]]:
+                  progress: Any = None, session: str | None = None, user: str = "local"
+                  ) -> Iterator[dict[str, Any]]:
+        """Analyse one upload (streamed), then keep its finding in the review database and audit it."""
         self.tokens.open(session, None)  # a new upload (or a cleared one) stops the previous study's LIME
+        key = None
+        for out in self._on_upload(path, always, lime_samples, progress):
+            key = out.get("state", key)
+            yield out
+        a = self.analyzer.cached(key) if key else None
+        if a is not None:
+            self.reviews.record_finding(a.finding(), user)
+        elif path:
+            self.reviews.audit(user, "analysed", None, self.info.get("version"), "not accepted")
+
+    def _on_upload(self, path: str | None, always: bool, lime_samples: float,
+                   progress: Any = None) -> Iterator[dict[str, Any]]:
         if not path:
             yield self.cleared()
             return
@@ -169,8 +188,9 @@ class SpineUI:
         return self.analyzer.cached(key) or self.recent.get(key)
 
     def on_explain(self, key: str | None, always: bool, lime_samples: float,
-                   progress: Any = None) -> Iterator[dict[str, Any]]:
+                   progress: Any = None, user: str = "local") -> Iterator[dict[str, Any]]:
         source = self.source(key)
+        self.reviews.audit(user, "explained", key, self.info.get("version"), "ok" if source is not None else "gone")
         if source is None:
             yield self.failed("No study loaded", GONE if key else "Upload a radiograph first.")
             return
@@ -269,6 +289,21 @@ class SpineUI:
                 "detect_group": gr.update(visible=False), "boxes": None, "legend": "", "table": gr.update(value=[]),
                 "explain_group": gr.update(visible=False), "cam_choice": gr.update(value=R.FUSED), "cam": None,
                 "lime": None, "explain_note": "", "viewer": None, "pdf": gr.update(value=None, visible=False)}
+
+    def stored_view(self, stored: StoredFinding) -> dict[str, Any]:
+        """A study known only from the database (its pixels are gone): the stored finding, no images."""
+        finding = stored.finding
+        if not finding.accepted or finding.probability is None:
+            return self.failed("Input rejected - not analysed (stored finding)",
+                               finding.reason or "The image was rejected.", finding.gate_layers)
+        out = self.cleared()
+        del out["state"]
+        when = f"{stored.saved_at:%Y-%m-%d %H:%M} UTC"
+        out.update(triage=R.triage_html(finding) + R.working_html(
+            f"Stored finding ({stored.bundle_name} {stored.bundle_version}, {when}). The server no longer holds "
+            "this study's images: upload the file again to see boxes, Grad-CAM and LIME."),
+            details=gr.update(value=finding.to_dict()), details_acc=gr.update(visible=True))
+        return out
 
     def failed(self, title: str, message: str, layers=()) -> dict[str, Any]:
         out = self.cleared()

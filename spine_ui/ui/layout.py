@@ -134,6 +134,13 @@ def worklist_tab(w: dict[str, Any], ui: Any, cam_choices: list[tuple[str, str]])
                                          elem_id="sx-wl-lime-samples")
                 w["wl_stop"] = gr.Button("Stop after the current study", visible=False, size="sm",
                                          variant="stop", elem_id="sx-wl-stop")
+                with gr.Group(elem_id="sx-wl-saved-box"):
+                    w["wl_saved_list"] = gr.Dropdown(choices=[], value=None, label="Your saved worklists",
+                                                     info="Kept in the review database; reopen one after a restart.",
+                                                     elem_id="sx-wl-saved-list")
+                    with gr.Row():
+                        w["wl_reopen"] = gr.Button("Reopen", size="sm", elem_id="sx-wl-reopen")
+                        w["wl_refresh"] = gr.Button("Refresh list", size="sm", elem_id="sx-wl-refresh")
             with gr.Column(scale=8, min_width=360):
                 w["wl_status"] = gr.HTML(WL.summary_html([], 0, False), elem_id="sx-wl-status",
                                          js_on_load=None)
@@ -174,6 +181,10 @@ def worklist_tab(w: dict[str, Any], ui: Any, cam_choices: list[tuple[str, str]])
 def api_components(ui: Any) -> dict[str, Any]:
     """Hidden components behind the named API endpoints."""
     return {"file": gr.File(visible=False),
+            "files": gr.File(visible=False, file_count="multiple"),
+            "worklist_id": gr.Textbox(visible=False), "study": gr.Textbox(visible=False),
+            "review": gr.Textbox(visible=False), "comment": gr.Textbox(visible=False),
+            "since": gr.Textbox(visible=False), "result": gr.JSON(visible=False),
             "samples": gr.Number(value=ui.lime_samples, precision=0, visible=False),
             "json": gr.JSON(visible=False),
             "boxes": gr.Image(visible=False, format="png", type="numpy"),

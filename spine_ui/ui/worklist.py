@@ -12,23 +12,25 @@ worklist id. Downloads are written to a per-request temporary folder that is rem
 """
 from __future__ import annotations
 
-import html
 import logging
 import shutil
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import gradio as gr
 
-from spine_ui.errors import InputError
+from spine_ui.errors import InputError, StoreError
 from spine_ui.lru import LRU
 from spine_ui.core.pipeline import AnalysisOptions
+from spine_ui.services.store.reviews import iso
+from spine_ui.ui.worklist_views import (intro_html, nav_html, placeholder_html, status_note, summary_html,  # noqa: F401
+                                        table_row)
 from spine_ui.services.batch import (ArchiveLimits, Item, WorklistRow, analyze_batch, expand_upload, safe_name, sort_key,
-                        summary_counts, to_csv, to_json, with_review)
+                        to_csv, to_json, with_review)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class Worklist:
     rows: list[WorklistRow] = field(default_factory=list)
     running: bool = True
     stop_requested: bool = False
+    store_id: str | None = None  # the worklist's id in the review database (None: not saved)
+    reopened: bool = False  # rebuilt from the database: a new upload fills in its studies' pixels
     #: The study the page shows now ('#'); updates still arriving for another one (a slow LIME, a superseded
     #: open) are dropped instead of overwriting the panel. None once the page moved on to another worklist.
     current: int | None = None
@@ -80,9 +84,10 @@ class Worklist:
                 return None
             return self.rows[int(number) - 1]
 
-    def set_review(self, number: int, review: str | None, comment: str | None) -> WorklistRow:
+    def set_review(self, number: int, review: str | None, comment: str | None, reviewer: str | None = None,
+                   reviewed_at: str | None = None) -> WorklistRow:
         with self.lock:
-            row = with_review(self.rows[number - 1], review, comment)
+            row = with_review(self.rows[number - 1], review, comment, reviewer, reviewed_at)
             self.rows[number - 1] = row
             return row
 
@@ -101,6 +106,10 @@ class WorklistStore:
 
     def create(self, total: int) -> Worklist:
         wl = Worklist(uuid.uuid4().hex, total)
+        self._items.put(wl.id, wl)
+        return wl
+
+    def put(self, wl: Worklist) -> Worklist:
         self._items.put(wl.id, wl)
         return wl
 
@@ -143,13 +152,27 @@ class WorklistUI:
             items = items[:self.max_studies] + [(name, reason) for name, _ in items[self.max_studies:]]
         return items
 
-    def on_upload(self, paths: list[str] | None, always: bool, progress: Any = None) -> Iterator[dict[str, Any]]:
-        """Analyse every uploaded study; the table fills in (sorted, most suspicious first) as each is done."""
+    def on_upload(self, paths: list[str] | None, always: bool, progress: Any = None, user: str = "local",
+                  wl_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Analyse every uploaded study; the table fills in (sorted, most suspicious first) as each is done.
+        Each study's finding, its worklist entry and an audit event go to the review database; marks already
+        stored for a study (same content) come back. Uploading into a reopened worklist (``wl_id``) fills in
+        the pixels of its studies (same content hash) and appends the others."""
         items = self.read_uploads(paths)
         if not items:
             yield dict(UNCHANGED)
             return
-        wl = self.store.create(len(items))
+        reviews = self.ui.reviews
+        old = self.store.get(wl_id)
+        if old is not None and old.reopened and not old.running:
+            wl = old
+            wl.total, wl.running, wl.stop_requested = len(wl.rows) + len(items), True, False
+            known = {r.key: n for n, r in enumerate(wl.rows, 1) if r.key}
+        else:
+            wl = self.store.create(len(items))
+            wl.store_id = reviews.new_worklist(user)
+            known = {}
+        start = len(wl.rows)
         workdir = Path(tempfile.mkdtemp(prefix="spinexr-wl-"))
         held: dict[str, bytes | None] = {}
 
@@ -182,14 +205,14 @@ class WorklistUI:
                     data = held.pop("data", None)
                     if data is not None and row.key and row.verdict != "unreadable":
                         self.ui.recent.put(row.key, data)  # bytes in memory only, by content hash (for reopening)
-                    wl.add(row)
+                    self.persist(wl, row, user, known)
                     yield self.list_view(wl, workdir)
             except Exception as exc:  # e.g. the bundle became unusable: never a traceback in the page
                 log.error("Worklist stopped (%s).", type(exc).__name__)
                 failed = True
             if wl.stop_requested or failed:
                 reason = STOPPED_REASON if not failed else GENERIC_STOP
-                for name, _src in items[len(wl.rows):]:
+                for name, _src in items[len(wl.rows) - start:]:
                     wl.add(WorklistRow(safe_name(name), "unreadable", gate=self._gate(), reason=reason))
             wl.running = False
             yield {**self.list_view(wl, workdir), "wl_stop": gr.update(visible=False)}
@@ -197,6 +220,27 @@ class WorklistUI:
             wl.running = False
             # Runs after gradio has copied the files of the last update into its cache.
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def persist(self, wl: Worklist, row: WorklistRow, user: str, known: dict[str, int]) -> None:
+        """Keep the study's finding and worklist entry, audit it, and show marks already stored for it."""
+        reviews = self.ui.reviews
+        a = self.analyzer.cached(row.key) if row.key else None
+        if a is not None:
+            reviews.record_finding(a.finding(), user)
+        else:
+            reviews.audit(user, "analysed", row.key, self.ui.info.get("version"), row.verdict)
+        row = reviews.with_marks([row], user)[0]
+        if row.key in known:  # a reopened worklist's study uploaded again: same row, now with its pixels
+            wl.total -= 1
+            with wl.lock:
+                number = known[row.key]
+                old = wl.rows[number - 1]
+                keep = {} if row.review else dict(review=old.review, comment=old.comment, reviewer=old.reviewer,
+                                                  reviewed_at=old.reviewed_at)
+                wl.rows[number - 1] = replace(row, study=old.study, **keep)
+            return
+        wl.add(row)
+        reviews.save_rows(wl.store_id, [(len(wl.rows), row)])
 
     def on_stop(self, wl_id: str | None) -> dict[str, Any]:
         """Ask a running worklist to stop after the study in progress (rows so far are kept)."""
@@ -231,17 +275,17 @@ class WorklistUI:
 
     # --- opening a case ---------------------------------------------------------------------------------
     def on_select(self, wl_id: str | None, number: Any, always: bool, lime_samples: float,
-                  progress: Any = None) -> Iterator[dict[str, Any]]:
+                  progress: Any = None, user: str = "local") -> Iterator[dict[str, Any]]:
         """Open the study at upload position ``number`` (the table's '#' column) in the result panel."""
         try:
             number = int(number)
         except (TypeError, ValueError):
             yield dict(UNCHANGED)
             return
-        yield from self.open_case(wl_id, number, always, lime_samples, progress)
+        yield from self.open_case(wl_id, number, always, lime_samples, progress, user)
 
     def on_step(self, wl_id: str | None, current: Any, delta: int, always: bool, lime_samples: float,
-                progress: Any = None) -> Iterator[dict[str, Any]]:
+                progress: Any = None, user: str = "local") -> Iterator[dict[str, Any]]:
         """Previous (-1) / next (+1) study in the table's order (most suspicious first)."""
         wl = self.store.get(wl_id)
         if wl is None:
@@ -255,10 +299,10 @@ class WorklistUI:
             i = min(max(numbers.index(current) + delta, 0), len(numbers) - 1)
         else:
             i = 0
-        yield from self.open_case(wl_id, numbers[i], always, lime_samples, progress)
+        yield from self.open_case(wl_id, numbers[i], always, lime_samples, progress, user)
 
     def open_case(self, wl_id: str | None, number: int, always: bool, lime_samples: float,
-                  progress: Any = None) -> Iterator[dict[str, Any]]:
+                  progress: Any = None, user: str = "local") -> Iterator[dict[str, Any]]:
         wl = self.store.get(wl_id)
         if wl is None:
             yield self.gone()
@@ -275,6 +319,14 @@ class WorklistUI:
                 "wl_review": gr.update(value=row.review or "none"), "wl_comment": gr.update(value=row.comment),
                 "wl_saved": ""}
         data = self.ui.source(row.key) if row.verdict != "unreadable" else None
+        self.ui.reviews.audit(user, "opened", row.key, self.ui.info.get("version"),
+                              "in memory" if data is not None else "not in memory")
+        stored = self.ui.reviews.stored_finding(row.key) if data is None and row.key else None
+        if stored is not None:  # pixels gone (restart): the stored finding and marks, no images
+            out = self.ui.stored_view(stored)
+            out["state"] = None
+            yield {**out, **base}
+            return
         if data is None:
             title, message = (("The file could not be read", row.reason or "The file could not be read.")
                               if row.verdict == "unreadable" else ("Study not in memory", GONE_STUDY))
@@ -299,22 +351,37 @@ class WorklistUI:
             updates.close()
 
     # --- review marks -----------------------------------------------------------------------------------
-    def on_review(self, wl_id: str | None, number: Any, review: str | None, comment: str | None
-                  ) -> Iterator[dict[str, Any]]:
-        """Store the reviewer's mark (agree / disagree / none) and comment on the open case."""
+    def on_review(self, wl_id: str | None, number: Any, review: str | None, comment: str | None,
+                  user: str = "local") -> Iterator[dict[str, Any]]:
+        """Store the reviewer's mark (agree / disagree / none) and comment on the open case. The database
+        commit comes first: "Saved" is said only after it; a failure says so and leaves the row unchanged."""
         wl = self.store.get(wl_id)
         if wl is None:
             yield {"wl_saved": status_note(NO_WORKLIST, error=True)}
             return
         try:
-            row = wl.set_review(int(number), review, comment)
+            number = int(number)
+            row = wl.row(number)
+            if row is None:
+                raise IndexError(number)
+            if row.key is None:
+                yield {"wl_saved": status_note("This file could not be read: there is nothing to review.",
+                                               error=True)}
+                return
+            mark = self.ui.reviews.set_mark(row.key, review, comment, user, self.ui.info.get("version", ""),
+                                            wl.store_id)
         except (TypeError, ValueError, IndexError):
             yield {"wl_saved": status_note("Open a study from the worklist first.", error=True)}
             return
+        except StoreError as exc:
+            yield {"wl_saved": status_note(f"NOT saved: {exc.user_message}", error=True)}
+            return
+        row = wl.set_review(number, mark.review, mark.comment, mark.reviewer, iso(mark))
         workdir = Path(tempfile.mkdtemp(prefix="spinexr-wl-"))
         try:
-            mark = row.review or "no mark"
-            note = f"Saved: {mark}" + (" with comment" if row.comment else "") + f" for {row.study}."
+            label = row.review or "no mark"
+            note = (f"Saved: {label}" + (" with comment" if row.comment else "") + f" for {row.study} "
+                    f"({mark.reviewer}, {mark.time:%Y-%m-%d %H:%M} UTC).")
             yield {**self.list_view(wl, workdir), "wl_saved": status_note(note)}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -360,57 +427,5 @@ def _remembering(reader, held: dict[str, bytes | None]):
     return read
 
 
-# --------------------------------------------------------------------------- pure view helpers
-def table_row(number: int, row: WorklistRow) -> list[Any]:
-    verdict = "ABNORMAL" if row.verdict == "abnormal" else row.verdict
-    p = "" if row.probability is None else f"{row.probability:.3f}"
-    if row.lesion_count is None:
-        lesions = "-" if row.accepted else ""
-    else:
-        lesions = str(row.lesion_count)
-    detail = ", ".join(row.lesion_types) if row.accepted else (row.reason or "")
-    review = row.review or ""
-    if row.comment:
-        short = row.comment.replace("\n", " ")
-        review = (review + ": " if review else "") + (short[:40] + ("..." if len(short) > 40 else ""))
-    return [number, row.study, verdict, p, lesions, detail, review]
-
-
-def summary_html(rows: list[WorklistRow], total: int, running: bool) -> str:
-    c = summary_counts(rows)
-    parts = [f"<b>{len(rows)}</b> of {total} studies" if running else f"<b>{len(rows)}</b> studies",
-             f'<span class="sx-wl-abn">{c["abnormal"]} abnormal</span>', f'{c["normal"]} normal',
-             f'{c["rejected"]} rejected', f'{c["unreadable"]} unreadable', f'{c["reviewed"]} reviewed']
-    lead = "Analysing... " if running else ""
-    return (f'<div class="sx-wl-summary"><div>{lead}{" &middot; ".join(parts)}</div>'
-            '<div class="sx-wl-hint">Most suspicious first. Select a row to open the study; Previous / Next move '
-            'through the list in this order.</div></div>')
-
-
-def nav_html(pos: int | None, total: int, row: WorklistRow | None) -> str:
-    if row is None or pos is None:
-        return '<div class="sx-wl-nav">No study open. Select a row of the worklist.</div>'
-    verdict = "ABNORMAL" if row.verdict == "abnormal" else row.verdict
-    p = f" &middot; P = {row.probability:.3f}" if row.probability is not None else ""
-    return (f'<div class="sx-wl-nav">Case <b>{pos + 1}</b> of {total} &middot; '
-            f'<span class="sx-wl-study">{html.escape(row.study)}</span> &middot; {html.escape(verdict)}{p}</div>')
-
-
-def placeholder_html() -> str:
-    return ('<div class="sx-placeholder">Select a study in the worklist (or use Next) to see its full result: '
-            'probability against the gate, lesion boxes, Grad-CAM and LIME.</div>')
-
-
-def status_note(text: str, error: bool = False) -> str:
-    return f'<div class="sx-wl-note{" sx-wl-note-bad" if error else ""}">{html.escape(text)}</div>'
-
-
-def intro_html() -> str:
-    return ('<div class="sx-hint">Upload several radiographs at once (DICOM, PNG, JPEG, TIFF, BMP) or a .zip of them. '
-            'Each is analysed in turn and listed by P(abnormal), most suspicious first; rejected and unreadable '
-            'files stay in the list with their reason. Uploads are held in memory only and deleted from disk '
-            'as soon as they are read.</div>')
-
-
 __all__ = ["CSV_NAME", "JSON_NAME", "TABLE_HEADERS", "WL_OUTPUTS", "Worklist", "WorklistStore", "WorklistUI",
-           "nav_html", "summary_html", "table_row"]
+           "intro_html", "nav_html", "placeholder_html", "status_note", "summary_html", "table_row"]

@@ -30,7 +30,8 @@ def to_csv(rows: Iterable[WorklistRow]) -> str:
     for r in rows:
         w.writerow([_cell(r.study), r.verdict, "" if r.probability is None else f"{r.probability:.6g}",
                     "" if r.gate is None else f"{r.gate:g}", "" if r.lesion_count is None else r.lesion_count,
-                    _cell(LESION_SEP.join(r.lesion_types)), _cell(r.reason), r.review or "", _cell(r.comment)])
+                    _cell(LESION_SEP.join(r.lesion_types)), _cell(r.reason), r.review or "", _cell(r.comment),
+                    _cell(r.reviewer), r.reviewed_at or ""])
     return buf.getvalue()
 
 
@@ -75,4 +76,5 @@ def _row_from_record(rec: dict[str, Any], *, csv_text: bool) -> WorklistRow:
     return WorklistRow(study=text("study"), verdict=text("verdict"), probability=num("probability"),
                        gate=num("gate"), lesion_count=num("lesion_count", int), lesion_types=tuple(types or ()),
                        reason=text("reason") or None, review=clean_review(text("review")),
-                       comment=text("comment"))
+                       comment=text("comment"), reviewer=text("reviewer") or None,
+                       reviewed_at=text("reviewed_at") or None)

@@ -12,7 +12,8 @@ from spine_ui.core.finding import Finding
 VERDICTS = ("abnormal", "normal", "rejected", "unreadable")
 REVIEWS = ("agree", "disagree")
 #: The columns of both exports, in order.
-COLUMNS = ("study", "verdict", "probability", "gate", "lesion_count", "lesion_types", "reason", "review", "comment")
+COLUMNS = ("study", "verdict", "probability", "gate", "lesion_count", "lesion_types", "reason", "review", "comment",
+           "reviewer", "reviewed_at")
 GENERIC_FAILURE = "The analysis failed unexpectedly for this file; the other studies were not affected."
 MAX_COMMENT = 2000
 MAX_NAME = 160
@@ -34,6 +35,8 @@ class WorklistRow:
     review: str | None = None  # "agree", "disagree" or None
     comment: str = ""
     key: str | None = None  # sha256 of the file content; None when the content was never read
+    reviewer: str | None = None  # who set the mark shown (the store's current mark)
+    reviewed_at: str | None = None  # when, ISO 8601 UTC
 
     @property
     def accepted(self) -> bool:
@@ -43,7 +46,8 @@ class WorklistRow:
         """The exported columns (no key)."""
         return {"study": self.study, "verdict": self.verdict, "probability": self.probability, "gate": self.gate,
                 "lesion_count": self.lesion_count, "lesion_types": list(self.lesion_types), "reason": self.reason,
-                "review": self.review, "comment": self.comment}
+                "review": self.review, "comment": self.comment, "reviewer": self.reviewer,
+                "reviewed_at": self.reviewed_at}
 
 
 def clean_review(review: str | None) -> str | None:
@@ -61,8 +65,10 @@ def clean_comment(comment: str | None) -> str:
     return text.strip()[:MAX_COMMENT]
 
 
-def with_review(row: WorklistRow, review: str | None, comment: str | None) -> WorklistRow:
-    return replace(row, review=clean_review(review), comment=clean_comment(comment))
+def with_review(row: WorklistRow, review: str | None, comment: str | None, reviewer: str | None = None,
+                reviewed_at: str | None = None) -> WorklistRow:
+    return replace(row, review=clean_review(review), comment=clean_comment(comment), reviewer=reviewer,
+                   reviewed_at=reviewed_at)
 
 
 def safe_name(name: str | os.PathLike | None) -> str:
