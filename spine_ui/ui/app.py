@@ -238,11 +238,11 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
                                        api_name="worklist_add", concurrency_id="worklist")
         gr.Button(visible=False).click(api_review_mark, [api["worklist_id"], api["study"], api["review"],
                                                          api["comment"]], res, api_name="review_mark",
-                                       concurrency_id="view", concurrency_limit=2)
+                                       concurrency_id="view", concurrency_limit=limit)
         gr.Button(visible=False).click(api_worklist, [api["worklist_id"]], res, api_name="worklist",
-                                       concurrency_id="view", concurrency_limit=2)
+                                       concurrency_id="view", concurrency_limit=limit)
         gr.Button(visible=False).click(api_audit_export, [api["since"]], res, api_name="audit_export",
-                                       concurrency_id="view", concurrency_limit=2)
+                                       concurrency_id="view", concurrency_limit=limit)
         gr.Button(visible=False).click(ui.api_analyze, [api_file], [api_json], api_name="analyze",
                                        concurrency_id="analysis", concurrency_limit=limit)
         gr.Button(visible=False).click(ui.api_explain, [api_file, api_samples],

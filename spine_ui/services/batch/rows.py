@@ -59,10 +59,15 @@ def clean_review(review: str | None) -> str | None:
     return review
 
 
+def clean_text(text: str | None, limit: int = MAX_COMMENT) -> str:
+    """Free text, kept as typed except control characters (newlines and tabs stay), stripped, capped."""
+    out = "".join(ch for ch in (text or "") if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return out.strip()[:limit]
+
+
 def clean_comment(comment: str | None) -> str:
-    """Free text, kept as typed except control characters (newlines and tabs stay), capped at MAX_COMMENT."""
-    text = "".join(ch for ch in (comment or "") if ch in "\n\t" or unicodedata.category(ch) != "Cc")
-    return text.strip()[:MAX_COMMENT]
+    """A reviewer's comment: :func:`clean_text` capped at MAX_COMMENT."""
+    return clean_text(comment, MAX_COMMENT)
 
 
 def with_review(row: WorklistRow, review: str | None, comment: str | None, reviewer: str | None = None,

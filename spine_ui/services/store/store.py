@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import unicodedata
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,14 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from spine_ui.config import StoreConfig
 from spine_ui.core.finding import Finding
 from spine_ui.errors import StoreError, StoreLockedError
+from spine_ui.services.batch.rows import MAX_COMMENT, clean_review
+from spine_ui.services.batch.rows import clean_text as _clean_text
 from spine_ui.services.store import engine as E
 from spine_ui.services.store.models import AuditRow, EntryRow, FindingRow, MarkRow, WorklistRowModel, utcnow
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("analysed", "opened", "explained", "marked", "exported", "refused", "signin_failed")
-REVIEWS = ("agree", "disagree")
-MAX_COMMENT = 2000
 MAX_TEXT = 200
 WRITE_ATTEMPTS = 3
 
@@ -107,18 +106,8 @@ class PurgeResult:
 
 
 def clean_text(text: str | None, limit: int = MAX_TEXT) -> str:
-    """Printable text (newlines and tabs kept), stripped, capped."""
-    out = "".join(ch for ch in (text or "") if ch in "\n\t" or unicodedata.category(ch) != "Cc")
-    return out.strip()[:limit]
-
-
-def clean_review(review: str | None) -> str | None:
-    review = (review or "").strip().lower() or None
-    if review in (None, "none", "unmarked"):
-        return None
-    if review not in REVIEWS:
-        raise ValueError(f"review must be one of {REVIEWS} or empty")
-    return review
+    """Names and short fields: the worklist's text cleaning with the store's shorter default cap."""
+    return _clean_text(text, limit)
 
 
 class Store:
