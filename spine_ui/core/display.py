@@ -22,6 +22,7 @@ from spine_ui.config import ViewerConfig
 from spine_ui.core.decode.study import Study
 from spine_ui.core.detect import Lesion
 from spine_ui.core.overlays import draw_lesions, gray_to_rgb, heatmap_overlay, lime_overlay
+from spine_ui.core.preprocess import shrink_to
 
 _U16 = 65535
 AUTO_RANGE = (0.5, 99.5)
@@ -71,7 +72,7 @@ def make_display(study: Study, cfg: ViewerConfig = ViewerConfig()) -> DisplayIma
     if study.original is None or study.original.size == 0:
         return None
     values = np.asarray(study.original)
-    small = _downsample(values, cfg.max_side)
+    small = shrink_to(values.astype(np.float32, copy=False), cfg.max_side)
     lo, hi = float(small.min()), float(small.max())
     integral = values.dtype.kind in "uib" or bool(np.all(small == np.round(small)))
     if integral and hi - lo <= _U16:
@@ -82,16 +83,6 @@ def make_display(study: Study, cfg: ViewerConfig = ViewerConfig()) -> DisplayIma
     shape = (int(values.shape[0]), int(values.shape[1]))
     disp = DisplayImage(u16, offset, slope, (), study.meta.photometric == "MONOCHROME1", shape)
     return DisplayImage(u16, offset, slope, _presets(disp, study), disp.invert, shape)
-
-
-def _downsample(values: np.ndarray, max_side: int) -> np.ndarray:
-    arr = values.astype(np.float32, copy=False)
-    h, w = arr.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return arr
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
 
 
 def _percentile_window(disp: DisplayImage, lo_p: float, hi_p: float) -> tuple[float, float]:

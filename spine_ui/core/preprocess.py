@@ -35,7 +35,8 @@ class Placement:
         return square_map[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
 
-def _working_resize(pixels: np.ndarray, working_size: int) -> np.ndarray:
+def shrink_to(pixels: np.ndarray, working_size: int) -> np.ndarray:
+    """Area-downsample so the long side is at most ``working_size`` (never enlarges)."""
     h, w = pixels.shape[:2]
     scale = working_size / max(h, w)
     if scale >= 1.0:
@@ -48,7 +49,7 @@ def enhance(pixels: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> n
     """Downscale to the working size (long side) and apply CLAHE; returns uint8 H x W."""
     if pixels.ndim != 2:
         raise ValueError("enhance() expects a single-channel image")
-    img = _working_resize(np.asarray(pixels, dtype=np.float32), cfg.working_size)
+    img = shrink_to(np.asarray(pixels, dtype=np.float32), cfg.working_size)
     u8 = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(cfg.clahe_tiles, cfg.clahe_tiles))
     return clahe.apply(u8)
