@@ -159,11 +159,12 @@ class ViewerConfig:
 class RuntimeConfig:
     """Where models run. ``SPINE_RUNTIME`` = onnx | openvino | torch overrides the automatic choice;
     ``SPINE_LIME_PRECISION`` = auto | bf16 | fp32 sets LIME's scoring precision (auto: bf16 where the CPU has it);
-    ``SPINE_DECISION_PRECISION`` = fp32 (default) | bf16 the triage and detection precision (opt-in, OpenVINO)."""
+    ``SPINE_DECISION_PRECISION`` = auto (default) | fp32 | bf16 the triage and detection precision (auto: bf16
+    through OpenVINO only for a bundle whose manifest records a passed bf16 check, on a CPU with BF16)."""
 
     runtime: str = "auto"
     lime_precision: str = "auto"
-    decision_precision: str = "fp32"
+    decision_precision: str = "auto"
     threads: int = 0  # 0: all cores
     models_dir: Path = Path("models")
     bundle_name: str = "untrained"
@@ -174,7 +175,7 @@ class RuntimeConfig:
         return cls(
             runtime=os.environ.get("SPINE_RUNTIME", "auto").lower(),
             lime_precision=os.environ.get("SPINE_LIME_PRECISION", "auto").lower(),
-            decision_precision=os.environ.get("SPINE_DECISION_PRECISION", "fp32").lower(),
+            decision_precision=os.environ.get("SPINE_DECISION_PRECISION", "auto").lower(),
             threads=int(os.environ.get("SPINE_THREADS", "0")),
             models_dir=Path(os.environ.get("SPINE_MODELS_DIR", "models")),
             bundle_name=os.environ.get("SPINE_BUNDLE", "untrained"),

@@ -87,8 +87,10 @@ def test_openvino_makes_no_network_attempt(tmp_path, small_bundle_dir):
     assert not log.exists() or log.read_text() == ""
 
 
-def test_decision_path_bf16_is_opt_in(small_bundle_dir, enhanced, monkeypatch):
-    assert choose_runtime("onnx").precision == "fp32" and RuntimeConfig().decision_precision == "fp32"
+def test_decision_path_bf16_only_when_asked_or_checked(small_bundle_dir, enhanced, monkeypatch):
+    assert choose_runtime("onnx").precision == "fp32" and RuntimeConfig().decision_precision == "auto"
+    forget_bundles()  # auto: this bundle records no passed bf16 check, so it serves fp32
+    assert open_bundle(small_bundle_dir, "onnx", decision_precision="auto").runtime.precision == "fp32"
     info = choose_runtime("onnx", decision_precision="bf16", lime_precision="bf16")
     assert (info.kind, info.precision, info.label) == ("openvino", "bf16", "CPU OpenVINO bf16")
     with pytest.raises(BundleError):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_ui._io import atomic_write_json
+from spine_ui.bundle.precision import PrecisionCheck
 from spine_ui.core.calibration import BundleCalibration
 from spine_ui.config import (DetectorConfig, ExplainConfig, PreprocessConfig, TriageConfig, from_dict, to_dict)
 from spine_ui.errors import BundleError, BundleIntegrityError
@@ -54,6 +55,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     #: optional (a bundle without it serves the plain soft vote, as before); see core/calibration.py
     calibration: BundleCalibration | None = None
+    #: optional: reduced-precision decision-path checks (bundle/precision.py); none -> fp32 decisions
+    precision_checks: list[PrecisionCheck] = field(default_factory=list)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -76,6 +79,7 @@ class Manifest:
             "provenance": self.provenance,
             "files": self.files,
             **({"calibration": self.calibration.to_json()} if self.calibration else {}),
+            **({"precision_checks": [c.to_json() for c in self.precision_checks]} if self.precision_checks else {}),
         }
 
     @classmethod
@@ -100,6 +104,7 @@ class Manifest:
                 provenance=data.get("provenance") or {},
                 files=dict(data.get("files") or {}),
                 calibration=BundleCalibration.from_json(data["calibration"]) if data.get("calibration") else None,
+                precision_checks=[PrecisionCheck.from_json(c) for c in data.get("precision_checks") or ()],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"The bundle manifest is malformed ({exc.__class__.__name__}: {exc}).") from exc

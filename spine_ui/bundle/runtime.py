@@ -7,8 +7,8 @@
 
 LIME's perturbation scoring has its own precision (``SPINE_LIME_PRECISION=auto|bf16|fp32``): ``auto`` is
 bf16 through OpenVINO on a CPU that reports BF16 (AVX512-BF16 / AMX), else fp32 on the serving runtime.
-The decision path stays fp32 unless ``SPINE_DECISION_PRECISION=bf16`` (OpenVINO bf16 for triage and detection;
-check the bundle's |dP| first with ``benchmarks/lime_precision.py --trained BUNDLE``).
+The decision path (triage, detection) is fp32 unless the bundle passed its bf16 check (``bundle/precision.py``;
+``SPINE_DECISION_PRECISION=auto``, the default) or ``SPINE_DECISION_PRECISION=bf16`` forces it.
 """
 from __future__ import annotations
 

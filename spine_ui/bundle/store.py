@@ -136,7 +136,13 @@ def open_bundle(path: str | Path, runtime: str = "auto", threads: int = 0, lime_
     """Open (or reuse) the bundle at ``path``. Raises BundleError / BundleIntegrityError.
 
     ``lime_precision`` (auto | bf16 | fp32) picks how LIME scores perturbations, ``decision_precision``
-    (fp32 | bf16) how triage and detection run; see ``bundle.runtime``."""
+    (auto | fp32 | bf16) how triage and detection run (auto: bf16 only for a bundle that passed its bf16
+    check, on a CPU with BF16; see ``bundle.precision``) and ``bundle.runtime``."""
+    from spine_ui.bundle.precision import decision_precision_for
+
+    if (runtime or "auto").lower() == "torch":
+        decision_precision = "fp32"  # eager torch serves its own dtype
+    decision_precision = decision_precision_for(path, decision_precision)
     info = choose_runtime(runtime, threads, lime_precision, decision_precision)
     key = (str(Path(path).resolve()), info.kind, info.device, info.lime_precision, info.precision)
     with _CACHE_LOCK:

@@ -30,11 +30,32 @@ def cmd_bundle(args) -> int:
 
         b = Bundle(Path(args.path), choose_runtime("onnx"))
         print(f"ok: {b.name} {b.manifest.version} ({len(b.manifest.files)} files verified)")
+    elif args.bundle_cmd == "check-precision":
+        return check_precision(args)
     elif args.bundle_cmd == "download":
         from spine_ui.bundle.hub import download_bundle
 
         print(f"bundle downloaded to {download_bundle(args.repo, Path(args.out), args.revision)}")
     return 0
+
+
+def check_precision(args) -> int:
+    """Compare the bf16 decision path with fp32 on phantoms or a folder; record it in the manifest."""
+    from spine_ui.bundle.precision import folder_images, phantoms, record_check, run_check
+
+    if args.images:
+        images = folder_images(args.images, args.studies)
+        source = f"{len(images)} images from a folder"
+    else:
+        images = phantoms(args.studies, args.height)
+        source = f"{len(images)} synthetic phantoms ({args.height} px)"
+    check = run_check(Path(args.path), images, source)
+    print(check.line())
+    if not args.dry_run:
+        record_check(Path(args.path), check)
+        print(f"recorded in {Path(args.path).name}/manifest.json; SPINE_DECISION_PRECISION=auto serves "
+              f"{'bf16' if check.passed else 'fp32'} decisions with this bundle")
+    return 0 if check.passed else 1
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -65,6 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", required=True)
     v = bs.add_parser("verify", help="check every file against the manifest hashes")
     v.add_argument("path")
+    c = bs.add_parser("check-precision", help="compare the bf16 decision path with fp32 and record the result "
+                                              "(auto precision serves bf16 only after a passed check)")
+    c.add_argument("path")
+    c.add_argument("--studies", type=int, default=20, help="phantoms (or at most this many folder images)")
+    c.add_argument("--height", type=int, default=1024, help="phantom height in pixels")
+    c.add_argument("--images", help="check on the images under this folder instead of phantoms")
+    c.add_argument("--dry-run", action="store_true", help="print the result, do not record it")
     d = bs.add_parser("download", help="fetch a bundle from a Hugging Face model repo")
     d.add_argument("repo")
     d.add_argument("--out", required=True)

@@ -121,6 +121,7 @@ class ExportConfig:
     ood_percentile: float = 99.0
     ood_max_images: int = 5000  # training images used for the feature statistics (random subset above)
     version: str = ""  # default: <spine_ui version>+trained.<UTC timestamp>
+    precision_check_images: int = 20  # test images for the bf16 decision-path check (0: skip; BF16 CPUs only)
 
 
 @dataclass

@@ -140,8 +140,29 @@ def stage_export(args: TrainArgs, train: Split, test: Split, folds: list[Fold], 
         write_manifest(tmp, manifest)
     check = serving_check(out, models, specs, test if test.ids else train, args.selection.tta_views,
                           args.preprocess, device)
+    precision = precision_check(out, test if test.ids else train, exp.precision_check_images)
     return {"bundle": str(out), "name": manifest.name, "version": manifest.version, "ood_threshold": ood.threshold,
-            "serving_check": check}
+            "serving_check": check, "precision_check": precision}
+
+
+def precision_check(bundle_dir: Path, split: Split, images: int) -> dict | None:
+    """The bf16 decision-path check on up to ``images`` held-out images, recorded in the bundle (only on a CPU
+    with BF16: elsewhere the bundle serves fp32 until ``bundle check-precision`` runs on one)."""
+    from spine_ui.bundle.precision import record_check, run_check
+    from spine_ui.bundle.runtime import cpu_has_bf16
+    from spine_ui.train.classifier import read_enhanced
+
+    if images <= 0 or not split.ids:
+        return None
+    if not cpu_has_bf16():
+        log.info("precision check skipped: this CPU has no BF16 (the bundle serves fp32 decisions)")
+        return None
+    paths = split.paths(list(range(min(images, len(split.ids)))))
+    check = run_check(bundle_dir, [read_enhanced(p) for p in paths], f"{len(paths)} held-out training-cache images",
+                      enhanced=True)
+    record_check(bundle_dir, check)
+    log.info("precision check: %s", check.line())
+    return check.to_json()
 
 
 def serving_check(bundle_dir: Path, models: dict[str, "nn.Module"], specs: Sequence["ClassifierSpec"],
