@@ -5,7 +5,8 @@ content hash so asking for LIME after triage (or reopening a study) never recomp
 
 With a ``scheduler`` (``spine_ui.services.scheduler.Scheduler``, the web app's) every stage's computation runs
 on its inference worker: first-answer stages on the interactive lane, LIME and the explanation checks in
-batches on the explain lane, stoppable by a cancel token. Without one (the CLI, a single user) stages run inline in the caller's thread.
+batches on the explain lane, stoppable by a cancel token. Without one (the CLI, a single user) stages run
+inline in the caller's thread.
 """
 from __future__ import annotations
 
