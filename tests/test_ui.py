@@ -95,6 +95,7 @@ def test_build_app_endpoints_and_furniture(demo, ui):
     config = json.dumps(demo.get_config_file(), default=str)
     assert "UNTRAINED MODEL WEIGHTS" in config and "sx-banner" in config
     assert "Research use only" in config and "AGPL-3.0" in config
+    assert "review database keeps findings" in config and "no study is stored" not in config  # the footer
     assert ui.info["runtime"] in config and ui.info["version"] in config
     assert "Always run detector and explanations" in config
 

@@ -4,8 +4,9 @@ The UI streams ``stages()``; the CLI, benchmark and tests call ``analyze()``. Re
 content hash so asking for LIME after triage (or reopening a study) never recomputes earlier stages.
 
 With a ``scheduler`` (``spine_ui.services.scheduler.Scheduler``, the web app's) every stage's computation runs
-on its inference worker: first-answer stages on the interactive lane, LIME in batches on the explain lane,
-stoppable by a cancel token. Without one (the CLI, a single user) stages run inline in the caller's thread.
+on its inference worker: first-answer stages on the interactive lane, LIME and the explanation checks in
+batches on the explain lane, stoppable by a cancel token. Without one (the CLI, a single user) stages run
+inline in the caller's thread.
 """
 from __future__ import annotations
 
@@ -224,24 +225,29 @@ class Analyzer:
         with a.lime_lock:
             stale = a.lime is not None and n_samples is not None and a.lime.n_samples != n_samples
             if (a.lime is None or stale) and a.accepted and a.triage is not None:
-                sched = self.scheduler
-                run_batch = (lambda fn: sched.explain(fn, token)) if sched is not None else None
                 with _timer(a, "lime"):
                     a.lime = explain_lime(a.enhanced, self.bundle, n_samples=n_samples, progress=progress,
-                                          run_batch=run_batch, batch_size=self.lime_batch)
+                                          run_batch=self._explain_batches(token), batch_size=self.lime_batch)
                 a.checks = None
         return a
 
-    def checks(self, a: Analysis) -> Analysis:
+    def checks(self, a: Analysis, token: Any = None) -> Analysis:
         """Explanation checks (core/explain/faithfulness.py) once LIME has run: part of the explanation stage,
-        after the first answer and after LIME."""
-        with a.lock:
+        after the first answer and after LIME; like LIME, one explain-lane task per batch of model calls,
+        stopped by ``token`` (``TaskCancelledError``, ``a.checks`` left unset)."""
+        with a.lime_lock:  # like LIME's, never blocks ``lock`` (a first answer on this study)
             missing_cam = a.checks is not None and a.checks.gradcam is None and a.cam is not None
             if (a.checks is None or missing_cam) and a.lime is not None and a.lime.segment_weights is not None:
                 with _timer(a, "checks"):
                     a.checks = run_checks(a.enhanced, self.bundle, a.lime,
-                                          a.triage if a.cam is not None else None)
+                                          a.triage if a.cam is not None else None,
+                                          run_batch=self._explain_batches(token), batch_size=self.lime_batch)
         return a
+
+    def _explain_batches(self, token: Any) -> Callable[[Callable[[], T]], T] | None:
+        """Runs one batch on the scheduler's explain lane, stopped by ``token``; None (inline) without one."""
+        sched = self.scheduler
+        return (lambda fn: sched.explain(fn, token)) if sched is not None else None
 
     # --- orchestration ------------------------------------------------------------------------------------
     def stages(self, source: str | Path | bytes | Analysis, filename: str = "",
@@ -250,7 +256,7 @@ class Analyzer:
                token: Any = None) -> Iterator[tuple[str, Analysis]]:
         """Yield ``(stage_name, analysis)`` after each stage, so a UI can show results as they arrive. ``source``
         may be an analysis already loaded (a follow-up action on a cached study): nothing done is redone.
-        ``token`` (a scheduler cancel token) stops LIME when the study is replaced or closed."""
+        ``token`` (a scheduler cancel token) stops LIME and the checks when the study is replaced or closed."""
         with self._hold():  # one first answer: no explanation batch slips in between its tasks
             a = source if isinstance(source, Analysis) else self.load(source, filename)
             yield "gate", a
@@ -269,7 +275,7 @@ class Analyzer:
             self.lime(a, options.lime_samples, progress, token)
             yield "lime", a
             if options.checks and a.lime is not None:
-                self.checks(a)
+                self.checks(a, token)
                 yield "checks", a
 
     def analyze(self, source: str | Path | bytes | Analysis, filename: str = "",

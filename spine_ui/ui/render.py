@@ -70,7 +70,8 @@ def footer_html(source_url: str | None = None) -> str:
            if source_url else " The complete source code is available to every user of this service.")
     return ('<div class="sx-footer">SpineXR Triage - free software under the '
             '<a href="https://www.gnu.org/licenses/agpl-3.0.html" target="_blank" rel="noopener">GNU AGPL-3.0</a>.'
-            f'{src} Uploads are processed in memory and deleted after reading; no study is stored.</div>')
+            f'{src} Uploads are read into memory and deleted; no image is stored. The review database keeps'
+            ' findings (without patient identity), review marks, worklists and an audit trail.</div>')
 
 
 def placeholder_html() -> str:

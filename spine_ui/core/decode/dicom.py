@@ -2,12 +2,13 @@
 
 Order of operations for a single-frame grayscale image:
 
-1. parse the data set (a truncated file is refused here), read the image header as integers;
+1. parse the data set (a truncated file is refused here), read the image header as integers
+   (``dicom_tags.py``, which also builds the study's safe technical metadata);
 2. refuse missing pixel data, multi-frame, colour, out-of-limit sizes and codecs without a decoder
    *before* any pixel buffer is allocated (the compressed codestream's own size is checked too);
 3. decode: JPEG 2000 through imagecodecs with threads where it gives pydicom's pixels (``j2k.py``), else
    pydicom (Bits Stored masking and signedness are handled there);
-4. Modality LUT / Rescale Slope-Intercept (``apply_modality_lut``);
+4. Modality LUT / Rescale Slope-Intercept (``apply_modality_lut``; steps 4-6 in ``dicom_voi.py``);
 5. VOI: the first VOI LUT Sequence item, else the first Window Center/Width, else an automatic window
    at the 0.5th-99.5th percentiles of the (rescaled) pixel values; the result is scaled to [0, 1];
 6. MONOCHROME1 is inverted last, so bone is bright.
@@ -18,14 +19,13 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from spine_ui.config import DecodeConfig
@@ -37,12 +37,15 @@ from spine_ui.errors import (
     MultiFrameError,
     UnsupportedCodecError,
 )
+from spine_ui.core.decode.dicom_tags import PIXEL_KEYWORDS, Header, build_meta, read_header, syntax_name
+from spine_ui.core.decode.dicom_voi import to_display
 from spine_ui.core.decode.j2k import decode_j2k_fast
-from spine_ui.core.decode.sniff import check_dimensions, check_values, clean_text, to_unit
-from spine_ui.core.decode.study import Study, StudyMeta
+from spine_ui.core.decode.sniff import check_dimensions
+from spine_ui.core.decode.study import Study
 
-PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-AUTO_PERCENTILES = (0.5, 99.5)
+__all__ = ["Header", "build_meta", "check_header", "decode_dicom", "decode_pixels", "read_dataset", "read_header",
+           "syntax_name", "to_display", "transfer_syntax"]
+
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
@@ -60,19 +63,6 @@ class _NoPluginTracebacks(logging.Filter):
 
 
 logging.getLogger("pydicom.pixels.decoders.base").addFilter(_NoPluginTracebacks())
-
-
-@dataclass(frozen=True)
-class Header:
-    """Image Pixel module values, as integers, read before any pixel data is touched."""
-
-    rows: int
-    cols: int
-    samples: int
-    frames: int
-    bits_allocated: int
-    bits_stored: int
-    photometric: str
 
 
 def decode_dicom(data: bytes, cfg: DecodeConfig) -> Study:
@@ -118,32 +108,6 @@ def _has_short_element(ds: Dataset) -> bool:
     return False
 
 
-def read_header(ds: Dataset) -> Header:
-    """Image Pixel module as integers; a missing pixel element is reported before header problems."""
-    if not any(k in ds for k in PIXEL_KEYWORDS):
-        raise MissingPixelDataError()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns before failing on values like IS "1A"
-            return _header_values(ds)
-    except Exception as exc:
-        raise CorruptFileError(
-            "The DICOM image header is invalid (a size or bit-depth value is not a number)."
-        ) from exc
-
-
-def _header_values(ds: Dataset) -> Header:
-    return Header(
-        rows=int(ds.get("Rows") or 0),
-        cols=int(ds.get("Columns") or 0),
-        samples=int(ds.get("SamplesPerPixel") or 1),
-        frames=int(ds.get("NumberOfFrames") or 1),
-        bits_allocated=int(ds.get("BitsAllocated") or 0),
-        bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0),
-        photometric=(clean_text(ds.get("PhotometricInterpretation")) or "MONOCHROME2").upper(),
-    )
-
-
 def check_header(ds: Dataset, h: Header, cfg: DecodeConfig) -> None:
     """Refuse what cannot be a single grayscale radiograph, using header values only."""
     if h.frames > 1:
@@ -181,12 +145,6 @@ def transfer_syntax(ds: Dataset) -> UID:
         ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = uid
     return uid
-
-
-def syntax_name(uid: UID) -> str:
-    """Human name of a transfer syntax (the UID itself when pydicom does not know it)."""
-    name = uid.name if uid.is_transfer_syntax else ""
-    return clean_text(name or f"unknown transfer syntax {uid}") or "unknown transfer syntax"
 
 
 def check_decoder(uid: UID) -> None:
@@ -283,148 +241,3 @@ def decode_pixels(ds: Dataset, uid: UID) -> np.ndarray:
     if arr.ndim != 2:
         raise CorruptFileError("The DICOM pixel data does not decode to a single 2-D image.")
     return arr
-
-
-# ---- display transform ------------------------------------------------------------------------------
-
-def to_display(arr: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Modality LUT, VOI and polarity: float32 [0, 1], bone bright, the notes of what was applied, and the
-    modality values (before VOI and polarity) for the viewer's window/level."""
-    notes: list[str] = []
-    values = modality_values(arr, ds, notes)
-    check_values(values)
-    out = voi_lut(values, ds, notes)
-    if out is None:
-        out = window(values, ds, notes)
-    if out is None:
-        out = auto_window(values, notes)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - np.clip(out, 0.0, 1.0)
-        notes.append("MONOCHROME1 inverted")
-    return to_unit(out), notes, values
-
-
-def modality_values(arr: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray:
-    """Apply the Modality LUT Sequence or Rescale Slope/Intercept when they change the values."""
-    if arr.dtype.kind == "f":
-        return arr.astype(np.float64)
-    try:
-        has_lut = bool(ds.get("ModalityLUTSequence"))
-        both = "RescaleSlope" in ds and "RescaleIntercept" in ds  # pydicom needs the pair
-        slope = float(ds.RescaleSlope) if both else 1.0
-        intercept = float(ds.RescaleIntercept) if both else 0.0
-        if not has_lut and slope == 1.0 and intercept == 0.0:
-            return arr
-        out = apply_modality_lut(arr, ds)
-    except Exception:
-        notes.append("invalid rescale ignored")
-        return arr
-    notes.append("modality LUT" if has_lut else f"rescale {slope:g}/{intercept:g}")
-    return out
-
-
-def voi_lut(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray | None:
-    """First VOI LUT Sequence item, scaled by the LUT's own output range; None when absent/unusable."""
-    seq = ds.get("VOILUTSequence")
-    if not seq:
-        return None
-    try:
-        count, first = int(seq[0].LUTDescriptor[0]) or 65536, int(seq[0].LUTDescriptor[1])
-        table = apply_voi(np.arange(first, first + count, dtype=np.int64), ds, 0).astype(np.float64)
-        lo, hi = float(table.min()), float(table.max())
-        if hi <= lo:
-            raise ValueError("flat VOI LUT")
-        inputs = np.clip(np.rint(values), first, first + count - 1).astype(np.int64)
-        out = (apply_voi(inputs, ds, 0).astype(np.float64) - lo) / (hi - lo)
-    except Exception:
-        notes.append("invalid VOI LUT ignored")
-        return None
-    notes.append("VOI LUT")
-    return out
-
-
-def window(values: np.ndarray, ds: Dataset, notes: list[str]) -> np.ndarray | None:
-    """First Window Center/Width (pydicom ``apply_windowing``), scaled to [0, 1]; None when absent/invalid."""
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
-    try:
-        center, width = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = apply_windowing(values, ds, index=0)
-            lo, hi = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
-        if not np.isfinite([lo, hi]).all() or hi == lo:
-            raise ValueError("degenerate window output range")
-    except Exception:
-        notes.append("invalid window ignored")
-        return None
-    function = clean_text(ds.get("VOILUTFunction")) or "LINEAR"
-    notes.append(f"window {center:g}/{width:g}" + ("" if function.upper() == "LINEAR" else f" {function}"))
-    return (out - lo) / (hi - lo)
-
-
-def _first_value(value: object) -> float:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0]  # type: ignore[index]
-    return float(value)  # type: ignore[arg-type]
-
-
-def auto_window(values: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Robust min/max: the 0.5th and 99.5th percentiles of the values (a subsample of large images)."""
-    step = max(1, int(np.sqrt(values.size / 1_000_000)))
-    sample = values[::step, ::step]
-    lo, hi = (float(v) for v in np.percentile(sample, AUTO_PERCENTILES))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    notes.append(f"auto window p{AUTO_PERCENTILES[0]:g}-p{AUTO_PERCENTILES[1]:g}")
-    return (values.astype(np.float64) - lo) / (hi - lo)
-
-
-# ---- metadata ---------------------------------------------------------------------------------------
-
-def _tag(ds: Dataset, keyword: str) -> str | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return clean_text(ds.get(keyword))
-    except Exception:
-        return None
-
-
-def file_windows(ds: Dataset) -> tuple[tuple[float, float, str], ...]:
-    """Every Window Center/Width pair of the file (modality units) with its explanation; () when absent/invalid."""
-    try:
-        centers, widths = _values(ds.get("WindowCenter")), _values(ds.get("WindowWidth"))
-        names = _values(ds.get("WindowCenterWidthExplanation"))
-        out = []
-        for i, (c, w) in enumerate(zip(centers, widths)):
-            c, w = float(c), float(w)
-            if np.isfinite([c, w]).all() and w > 0:
-                out.append((c, w, (clean_text(names[i]) if i < len(names) else None) or ""))
-        return tuple(out)
-    except Exception:
-        return ()
-
-
-def _values(value: object) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-
-
-def build_meta(ds: Dataset, h: Header, uid: UID, arr: np.ndarray, notes: list[str]) -> StudyMeta:
-    """Technical tags only (sanitised); nothing that identifies the patient."""
-    body_part = _tag(ds, "BodyPartExamined")
-    return StudyMeta(
-        source="dicom",
-        modality=_tag(ds, "Modality"),
-        body_part=body_part.upper() if body_part else None,
-        view_position=_tag(ds, "ViewPosition"),
-        photometric=h.photometric,
-        bits_stored=h.bits_stored,
-        transfer_syntax=syntax_name(uid),
-        original_shape=(h.rows, h.cols),
-        original_dtype=arr.dtype.name,
-        windows=file_windows(ds),
-        notes=tuple(notes),
-    )
-

@@ -20,6 +20,10 @@ mean value inside each.
 Cost: every curve shares its two end points; the random orders are shared by both maps; all images are
 scored in batches of ``ExplainConfig.lime_batch``: (2 maps + random_orders) x 2 curves x (steps - 1) + 2
 images (92 for 10 steps and 3 orders), plus the second LIME run.
+
+Every model call (each scoring batch, each batch of the second LIME run) goes through ``run_batch`` when given:
+the scheduler's explain lane, like LIME's own batches, stoppable by the same cancel token. Without it (the CLI)
+the batches run inline; the same batches either way, so the numbers are the same.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import numpy as np
 from spine_ui.bundle.store import Bundle
 from spine_ui.config import ExplainConfig
 from spine_ui.core.contract import normalise, square_input
+from spine_ui.core.explain.lime_explainer import BatchRunner
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -101,19 +106,24 @@ def _num(v: float | None, digits: int) -> float | None:
 
 
 # --------------------------------------------------------------------------- building blocks
-def bundle_scorer(bundle: Bundle, batch: int = 16) -> Scorer:
-    """N x S x S uint8 squares -> N served P(abnormal) (identity view, calibrated when the bundle is)."""
+def bundle_scorer(bundle: Bundle, batch: int = 16, run_batch: BatchRunner | None = None) -> Scorer:
+    """N x S x S uint8 squares -> N served P(abnormal) (identity view, calibrated when the bundle is), scored
+    ``batch`` images per model call, each call through ``run_batch`` when given (e.g. the explain lane)."""
     from spine_ui.core.triage import ensemble_probability
 
     pp = bundle.manifest.preprocess
 
+    def score_batch(images: np.ndarray) -> np.ndarray:
+        x = normalise(images, pp)
+        logits = {e.arch: np.asarray(bundle.classifier(e.arch)(x)[0], dtype=np.float64).ravel()
+                  for e in bundle.classifiers}
+        return np.atleast_1d(ensemble_probability(logits, bundle))
+
     def score(images: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(images), batch):
-            x = normalise(images[i:i + batch], pp)
-            logits = {e.arch: np.asarray(bundle.classifier(e.arch)(x)[0], dtype=np.float64).ravel()
-                      for e in bundle.classifiers}
-            out.append(np.atleast_1d(ensemble_probability(logits, bundle)))
+            chunk = images[i:i + batch]
+            out.append(run_batch(lambda: score_batch(chunk)) if run_batch else score_batch(chunk))
         return np.concatenate(out) if out else np.zeros(0)
 
     return score
@@ -210,10 +220,13 @@ def box_cam_ratios(cam: np.ndarray, boxes: Sequence[Sequence[float]], image_shap
 
 
 # --------------------------------------------------------------------------- the explanation stage's checks
-def run_checks(enhanced: np.ndarray, bundle: Bundle, lime, triage=None, cfg: ExplainConfig | None = None
-               ) -> ExplanationChecks:
+def run_checks(enhanced: np.ndarray, bundle: Bundle, lime, triage=None, cfg: ExplainConfig | None = None, *,
+               run_batch: BatchRunner | None = None, batch_size: int | None = None) -> ExplanationChecks:
     """Curves for LIME (``lime``: a ``LimeResult``) and, when ``triage`` is given, the fused Grad-CAM; LIME
-    re-run with the next seed for its stability. Per-lesion ratios are added by the Analysis (cheap)."""
+    re-run with the next seed for its stability. Per-lesion ratios are added by the Analysis (cheap).
+
+    ``batch_size`` (default the bundle's ``lime_batch``) images per model call, each through ``run_batch``
+    when given (the scheduler's explain lane, which raises ``TaskCancelledError`` once cancelled)."""
     import dataclasses
 
     from spine_ui.core.explain.gradcam import fused_map, resize_map
@@ -225,10 +238,11 @@ def run_checks(enhanced: np.ndarray, bundle: Bundle, lime, triage=None, cfg: Exp
     maps = {"lime": lime.segment_weights[lime.segments]}
     if triage is not None:
         maps["gradcam"] = resize_map(fused_map(triage, bundle, cfg.cam_grid), (size, size))
-    curves = curve_checks(square, lime.segments, maps, bundle_scorer(bundle, cfg.lime_batch), cfg.check_steps,
+    batch = int(batch_size or cfg.lime_batch)
+    curves = curve_checks(square, lime.segments, maps, bundle_scorer(bundle, batch, run_batch), cfg.check_steps,
                           cfg.check_random_orders, seed=cfg.lime_seed)
     again = explain_lime(enhanced, bundle, dataclasses.replace(cfg, lime_seed=cfg.lime_seed + 1),
-                         n_samples=lime.n_samples)
+                         n_samples=lime.n_samples, run_batch=run_batch, batch_size=batch)
     return ExplanationChecks(curves.get("gradcam"), curves["lime"],
                              rank_stability(lime.segment_weights, again.segment_weights),
                              steps=cfg.check_steps, random_orders=cfg.check_random_orders)

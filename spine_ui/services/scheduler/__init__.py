@@ -1,7 +1,7 @@
 """Priority scheduler for model work: one inference worker pool fed by a priority queue with two lanes.
 
 ``Lane.INTERACTIVE`` (decode, gate, triage, detection, Grad-CAM: a first answer) is always taken before
-``Lane.EXPLAIN`` (LIME batches); within a lane, first come first served. The worker runs each task to the
+``Lane.EXPLAIN`` (LIME and explanation-check batches); within a lane, first come first served. The worker runs each task to the
 end (no preemption inside a runtime call), so LIME is submitted in small batches and an interactive task
 waits at most one batch. Each runtime call already uses every core (intra-op threads = cores), so the
 default pool has ONE worker thread: cores are never shared by two competing model calls.
@@ -11,7 +11,7 @@ request's thread; between two of them the worker would otherwise take the next L
 first answer in progress: while any hold is live, explain tasks wait (each hold lapses after
 ``SchedulerConfig.hold_s``, so an abandoned one cannot starve LIME).
 
-A :class:`CancelToken` stops queued work (a LIME run whose study was closed or replaced); a task's
+A :class:`CancelToken` stops queued work (a LIME run or its checks, once the study was closed or replaced); a task's
 exception reaches only the caller waiting on its :class:`TaskHandle`, and the worker keeps serving.
 """
 from __future__ import annotations
