@@ -39,7 +39,7 @@ __all__ = ["GENERIC_ERROR", "GONE", "NOTHING", "NO_FILE", "ORPHAN_AGE_S", "OUTPU
 
 log = logging.getLogger(__name__)
 
-GENERIC_ERROR = ("The analysis failed unexpectedly. Nothing was stored; please try again or use another file.")
+GENERIC_ERROR = ("The analysis failed unexpectedly; please try again or use another file.")
 NO_FILE = "No file was provided."
 GONE = "This study is no longer held in memory (the server keeps only the most recent ones). Upload it again."
 
