@@ -171,6 +171,7 @@ def test_fill_from_pacs_send_back_once_and_no_identity(app, orthanc, study_uids,
     # nothing identifying in the page, the review database, the PACS state file or the logs
     db = b"".join(p.read_bytes() for p in (app.tmp / "db").glob("spine.db*"))
     state = (app.tmp / "pacs_state.sqlite").read_bytes()
+    assert "PACS worklist: 3 image(s) from the last 30 day(s)" in caplog.text  # the logs were captured
     everything = "\n".join(page2 + page3 + page4 + [status, again, caplog.text])
     for secret in IDENTITY + ACCESSIONS + DATES:
         assert secret not in everything, secret
