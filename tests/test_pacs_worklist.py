@@ -205,6 +205,18 @@ def test_accession_and_study_date_only_when_configured(app, orthanc, study_uids,
         assert secret not in page
 
 
+def test_fill_from_pacs_can_be_stopped(app, study_uids):
+    wl = app.spine_worklist
+    gen = wl.pacs.on_fill(DAYS, False)
+    first = next(gen)
+    assert first["wl_stop"]["visible"] is True
+    next(gen)  # one study done
+    assert "Stopping" in wl.on_stop(first["wl_id"])["wl_progress"]
+    table = value(list(gen)[-1]["wl_table"])
+    assert len(table) == 3 and sum("stopped" in r[5] for r in table) == 2
+    assert all(r[1].startswith("PACS study ") for r in table)
+
+
 def test_pacs_down_says_so_and_keeps_the_page(analyzer, tmp_path):
     from uihelpers import free_port
 

@@ -9,6 +9,9 @@ What the server holds: each upload's bytes in SpineUI's in-memory LRU keyed by c
 copies are deleted as soon as they are read), the analyses in the Analyzer's cache, and per worklist only the
 rows (file name, verdict, numbers, review marks) in a small bounded store. The browser session keeps the
 worklist id. Downloads are written to a per-request temporary folder that is removed when the handler ends.
+
+Filling a worklist (uploads, or studies from the PACS via ``worklist_pacs``) lives in ``worklist_fill``; the
+in-memory rows in ``worklist_model``; the pure HTML/table helpers in ``worklist_views``.
 """
 from __future__ import annotations
 
