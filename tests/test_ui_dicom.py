@@ -68,14 +68,22 @@ def test_send_to_pacs(ui, study, tmp_path):
     server = OrthancServer(tmp_path)
     server.start()
     try:
-        actions = DicomActions(ui, PacsConfig(url=server.dicomweb, retries=1, backoff_s=0.01))
+        cfg = PacsConfig(url=server.dicomweb, retries=1, backoff_s=0.01, state_path=tmp_path / "state.sqlite")
+        actions = DicomActions(ui, cfg)
         assert actions.pacs_enabled
         key = _analyse(ui, study)
+        assert "Not sent to the PACS yet" in actions.stored_html(key)
         status = actions.on_send(key)
-        assert "Stored in the PACS" in status, status
-        assert server.instance_count() >= 2
+        assert "Stored in the PACS" in status and "objects" in status, status
+        count = server.instance_count()
+        assert count >= 2
+        assert "already in the study" in actions.stored_html(key)
         server.stop()
-        status = actions.on_send(key)
+        status = actions.on_send(key)  # remembered as stored: nothing is sent (the PACS is not even asked)
+        assert "already in the study" in status and "Not sent again" in status, status
+        fresh = DicomActions(ui, PacsConfig(url=server.dicomweb, retries=1, backoff_s=0.01,
+                                            state_path=tmp_path / "other.sqlite"))
+        status = fresh.on_send(key)
         assert "Not stored" in status and "not reachable" in status
     finally:
         server.stop()

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from spine_ui._env import limit_malloc_arenas
-from spine_ui.config import RuntimeConfig, SchedulerConfig, StoreConfig, UIConfig
+from spine_ui.config import PacsConfig, RuntimeConfig, SchedulerConfig, StoreConfig, UIConfig
 from spine_ui.core.pipeline import Analyzer
 from spine_ui.errors import BundleError
 from spine_ui.services.auth import Authenticator, ClientAddressMiddleware
@@ -29,8 +29,8 @@ from spine_ui.ui.dicom_actions import DicomActions
 from spine_ui.ui.examples import ensure_examples
 from spine_ui.ui.handlers import OUTPUTS, SpineUI, default_lime_samples
 from spine_ui.ui.saved import SavedWorklists, user_of
-from spine_ui.ui import worklist as WL
 from spine_ui.ui.worklist import WorklistUI
+from spine_ui.ui.worklist_pacs import WorklistPacs
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ def launch_kwargs(**overrides: Any) -> dict[str, Any]:
 
 def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L.EXAMPLES_DIR,
               lime_samples: int | None = None, cache_size: int | None = None, reviews: Reviews | None = None,
-              auth: Authenticator | None = None) -> gr.Blocks:
+              auth: Authenticator | None = None, pacs: PacsConfig | None = None) -> gr.Blocks:
     """The Blocks app. Without ``analyzer`` the default bundle is loaded (and warmed up) once, here, with an
     Analyzer cache of ``cache_size`` studies (default ``UIConfig.cache_studies``), which also bounds a worklist
     so that reopening any of its studies never recomputes it. A given ``analyzer`` keeps its own cache size.
     ``reviews``: the review database (default: ``StoreConfig.from_env()``, migrated here); ``auth``: the sign-in
-    check whose users' roles apply (default: none, one local user)."""
+    check whose users' roles apply (default: none, one local user); ``pacs``: the DICOMweb PACS (default:
+    ``PacsConfig.from_env()``; without a URL the page shows nothing PACS-related)."""
     cfg = UIConfig.from_env()
     sched_cfg = SchedulerConfig.from_env()
     if analyzer is None:
@@ -68,8 +69,10 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         analyzer.lime_batch = analyzer.lime_batch or sched_cfg.lime_batch or None
     ui = SpineUI(analyzer, lime_samples or default_lime_samples(analyzer, cfg), reviews,
                  role=auth.role if auth is not None else None)
-    ui.dicom = DicomActions(ui)
+    ui.dicom = DicomActions(ui, pacs)
     wl = WorklistUI(ui)
+    if ui.dicom.pacs_enabled:
+        wl.pacs = WorklistPacs(wl, ui.dicom)
     saved = SavedWorklists(wl)
     info = ui.info
     examples = ensure_examples(examples_dir) if examples_dir is not None else []
@@ -92,7 +95,7 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
         api_boxes, api_cam, api_lime = api["boxes"], api["cam"], api["lime"]
 
         outputs = [c[name] for name in OUTPUTS]
-        wl_outputs = [w[name] for name in OUTPUTS + WL.WL_OUTPUTS]
+        wl_outputs = [w[name] for name in OUTPUTS + wl.output_names()]
 
         def to_components(updates: Iterator[dict[str, Any]], comps: dict[str, Any] = c) -> Iterator[dict[Any, Any]]:
             for out in updates:
@@ -212,7 +215,18 @@ def build_app(analyzer: Analyzer | None = None, *, examples_dir: Path | None = L
                              show_progress_on=[w["lime"]], **common) for ev in opened]
         # Opening another study (or a new upload) drops the explanations still running for the previous one
         # (gradio's events here; the LIME itself stops when the next study's LIME replaces its session token).
-        gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, w["wl_files"].upload], None, None,
+        new_list = [w["wl_files"].upload]
+        if wl.pacs is not None:  # 'Fill from PACS' starts a worklist like an upload; 'Send to PACS' per case
+            def wl_pacs_fill(days, always_v, wl_id, request: gr.Request, progress=gr.Progress()):
+                yield from to_components(wl.pacs.on_fill(days, always_v, progress, user_of(request), wl_id), w)
+
+            w["wl_pacs_fill"].click(wl_replace, [w["wl_id"]], [w["wl_progress"]], queue=False, **private).then(
+                wl_pacs_fill, [w["wl_pacs_days"], w["always"], w["wl_id"]], wl_outputs,
+                show_progress_on=[w["wl_progress"]], concurrency_id="worklist", concurrency_limit=1, **private)
+            w["wl_pacs_send"].click(wl.pacs.on_send, [w["state"]], [w["wl_pacs_status"]], concurrency_id="analysis",
+                                    concurrency_limit=limit, **private)
+            new_list.append(w["wl_pacs_fill"].click)
+        gr.on([w["wl_table"].select, w["wl_prev"].click, w["wl_next"].click, *new_list], None, None,
               None, cancels=lime_runs + followups, **private)
         w["wl_save"].click(wl_review, [w["wl_id"], w["wl_pos"], w["wl_review"], w["wl_comment"]], wl_outputs,
                            show_progress="minimal", **view)

@@ -2,7 +2,9 @@
 
 The objects carry the source's patient/study identity (that is what files them into the right study); the
 page shows only counts and a status, never identifiers. The zip is written to a per-request temporary folder
-that is removed once gradio has taken its copy to serve the download.
+that is removed once gradio has taken its copy to serve the download. "Send to PACS" is done once per image
+and bundle: the PACS loop's processed-instance log (``PacsConfig.state_path``) remembers what was stored, so a
+second click (or a study the loop already handled) says "stored" instead of sending again.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from spine_ui.errors import InputError, PacsError
 
 log = logging.getLogger(__name__)
 ZIP_NAME = "spinexr-dicom.zip"
+STORED_NOTE = "Stored in the PACS: this result (SR + Secondary Capture) is already in the study."
 
 
 def _status(text: str, ok: bool) -> str:
@@ -35,6 +38,7 @@ class DicomActions:
     def __init__(self, ui: Any, pacs: PacsConfig | None = None) -> None:
         self.ui = ui
         self.pacs = pacs if pacs is not None else PacsConfig.from_env()
+        self._processed = None
 
     @property
     def pacs_enabled(self) -> bool:
@@ -79,17 +83,54 @@ class DicomActions:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    @property
+    def processed(self):
+        """The PACS loop's processed-instance log (``PacsConfig.state_path``), opened on first use."""
+        if self._processed is None:
+            from spine_ui.services.pacs import SqliteProcessedLog
+
+            self._processed = SqliteProcessedLog(self.pacs.state_path)
+        return self._processed
+
+    def _source_uid(self, key: str | None) -> str | None:
+        from spine_ui.services.pacs.worklist import source_uid
+
+        data = self.ui.recent.get(key) if key else None
+        return source_uid(data, key) if data is not None else None
+
+    def stored_html(self, key: str | None) -> str:
+        """Whether this result is already in the PACS (sent from the page or by the PACS loop); '' without one."""
+        if not self.pacs_enabled or not key:
+            return ""
+        from spine_ui.services.pacs.loop import bundle_id
+        from spine_ui.services.pacs.worklist import was_stored
+
+        uid = self._source_uid(key)
+        if uid is None:
+            return ""
+        if was_stored(self.processed, uid, bundle_id(self.ui.analyzer)):
+            return _status(STORED_NOTE, True)
+        return '<div class="sx-hint" role="status">Not sent to the PACS yet.</div>'
+
     def on_send(self, key: str | None) -> str:
+        """STOW-RS the SR + SC into the study, once: a result the log says is stored is not sent again."""
         if not self.pacs_enabled:
             return _status("No PACS is configured (SPINE_DICOMWEB_URL).", False)
         from spine_ui.services.pacs import PacsClient
+        from spine_ui.services.pacs.loop import bundle_id
+        from spine_ui.services.pacs.worklist import send_once
 
         try:
-            out = self.outputs(key)
-            stored = PacsClient(self.pacs).store([ds for _name, ds in out.datasets()])
+            uid = self._source_uid(key)
+            if uid is None:
+                raise InputError("No analysed study is held for this page any more: upload it again.")
+            sent = send_once(PacsClient(self.pacs), self.processed, uid, bundle_id(self.ui.analyzer),
+                             lambda: self.outputs(key))
         except (InputError, PacsError) as exc:
             return _status(f"Not stored: {exc.user_message}", False)
         except Exception as exc:  # noqa: BLE001
             log.error("Sending to the PACS failed (%s).", type(exc).__name__)
             return _status("Not stored: sending to the PACS failed.", False)
-        return _status(f"Stored in the PACS: {stored} objects (SR + Secondary Capture) in the study.", True)
+        if sent.already:
+            return _status(f"{STORED_NOTE} Not sent again.", True)
+        return _status(f"Stored in the PACS: {sent.objects} objects (SR + Secondary Capture) in the study.", True)

@@ -126,6 +126,8 @@ def worklist_tab(w: dict[str, Any], ui: Any, cam_choices: list[tuple[str, str]])
                                         file_count="multiple", file_types=ACCEPTED_TYPES + [".zip"],
                                         type="filepath", height=150, elem_id="sx-wl-upload")
                 gr.HTML(WL.intro_html(), js_on_load=None)
+                if ui.dicom.pacs_enabled:
+                    pacs_fill(w, ui.dicom.pacs)
                 w["always"] = gr.Checkbox(label="Detector and Grad-CAM for every study", value=False,
                                           info="Also for studies below the gate (normal).",
                                           elem_id="sx-wl-always")
@@ -172,10 +174,28 @@ def worklist_tab(w: dict[str, Any], ui: Any, cam_choices: list[tuple[str, str]])
         with gr.Row(equal_height=False):
             with gr.Column(min_width=360):
                 result_head(w, lambda n: f"sx-wl-{n}", WL.placeholder_html())
+                if ui.dicom.pacs_enabled:
+                    w["wl_pacs_send"] = gr.Button("Send to PACS", size="md", elem_id="sx-wl-pacs-send", scale=0,
+                                                  min_width=180)
+                    w["wl_pacs_status"] = gr.HTML("", elem_id="sx-wl-pacs-status", js_on_load=None)
         result_images(w, lambda n: f"sx-wl-{n}", cam_choices)
         w["state"] = gr.State(None, time_to_live=STATE_TTL_S)  # the open study's content hash
         w["wl_id"] = gr.State(None, time_to_live=STATE_TTL_S)
         w["wl_pos"] = gr.State(None, time_to_live=STATE_TTL_S)  # the open study's '#' (upload position)
+
+
+def pacs_fill(w: dict[str, Any], cfg: Any) -> None:
+    """'Fill from PACS' (a PACS is configured): how many days back, the button, what the rows will show."""
+    from spine_ui.ui import worklist_pacs as WP
+
+    with gr.Group(elem_id="sx-wl-pacs-box"):
+        with gr.Row(equal_height=True):
+            w["wl_pacs_days"] = gr.Number(value=WP.DEFAULT_DAYS, precision=0, minimum=0, maximum=WP.MAX_DAYS,
+                                          label="Studies from the last N days", elem_id="sx-wl-pacs-days",
+                                          scale=2, min_width=160)
+            w["wl_pacs_fill"] = gr.Button("Fill from PACS", variant="primary", elem_id="sx-wl-pacs-fill", scale=1,
+                                          min_width=140)
+        gr.HTML(WP.intro_html(cfg), js_on_load=None)
 
 
 def api_components(ui: Any) -> dict[str, Any]:

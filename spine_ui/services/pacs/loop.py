@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from spine_ui.core.finding import Finding
 from spine_ui.core.pipeline import AnalysisOptions, Analyzer
@@ -67,6 +68,15 @@ def _wanted_series(series: dict, modalities: tuple[str, ...]) -> tuple[bool, str
     return True, modality  # a series without Modality (VinDr-like) is left to the gate
 
 
+def wanted_instances(client: PacsClient, study_uid: str, modalities: tuple[str, ...] = ()) -> Iterator[InstanceRef]:
+    """The study's image instances worth analysing: not our own output series, not SR/KO/PR..., and in the
+    modality filter when one is set (series without Modality are left to the radiograph gate)."""
+    for series in client.series(study_uid):
+        wanted, modality = _wanted_series(series, modalities)
+        if wanted:
+            yield from client.instances(study_uid, _value(series, "0020000E"), modality)
+
+
 def process_instance(client: PacsClient, analyzer: Analyzer, processed: ProcessedLog, ref: InstanceRef,
                      options: AnalysisOptions, summary: RunSummary) -> None:
     """Retrieve, analyse, store, then mark one instance (PacsError propagates: the instance stays unmarked)."""
@@ -103,16 +113,12 @@ def run_once(client: PacsClient, analyzer: Analyzer, processed: ProcessedLog, *,
     try:
         for study in client.studies(since=since):
             summary.studies += 1
-            for series in client.series(study.study_uid):
-                wanted, modality = _wanted_series(series, modalities)
-                if not wanted:
+            for ref in wanted_instances(client, study.study_uid, modalities):
+                summary.instances += 1
+                if processed.seen(ref.sop_uid, bid):
+                    summary.already += 1
                     continue
-                for ref in client.instances(study.study_uid, _value(series, "0020000E"), modality):
-                    summary.instances += 1
-                    if processed.seen(ref.sop_uid, bid):
-                        summary.already += 1
-                        continue
-                    process_instance(client, analyzer, processed, ref, options, summary)
+                process_instance(client, analyzer, processed, ref, options, summary)
     except PacsError as exc:
         summary.error = exc.user_message
         log.error("PACS pass stopped: %s", exc.user_message)

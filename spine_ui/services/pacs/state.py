@@ -21,6 +21,9 @@ class ProcessedLog(Protocol):
     def mark(self, sop_uid: str, bundle: str, status: str, study_uid: str = "") -> None:
         """Record the outcome: "stored", "skipped: <reason>" or "unreadable: <reason>"."""
 
+    def status(self, sop_uid: str, bundle: str) -> str | None:
+        """The recorded outcome, or None when this instance was not processed with this bundle."""
+
 
 class SqliteProcessedLog:
     """``ProcessedLog`` in one SQLite file (created with its folder on first use)."""
