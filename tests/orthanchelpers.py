@@ -88,3 +88,16 @@ class OrthancServer:
 
     def instance_count(self) -> int:
         return int(requests.get(f"{self.url}/statistics", timeout=10).json()["CountInstances"])
+
+
+def serve_orthanc(folder: Path):
+    """A module fixture's body: skip without Orthanc, else start one in ``folder``, yield it, stop it."""
+    import pytest
+
+    why = orthanc_missing()
+    if why:
+        pytest.skip(why)
+    server = OrthancServer(folder)
+    server.start()
+    yield server
+    server.stop()

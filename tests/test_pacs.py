@@ -14,7 +14,7 @@ import requests
 
 from conftest import write_phantom_dicom
 from dicomhelpers import dciodvfy_errors
-from orthanchelpers import OrthancServer, orthanc_missing
+from orthanchelpers import serve_orthanc
 from spine_ui.config import PacsConfig
 from spine_ui.errors import PacsUnavailableError
 from spine_ui.services.dicom_out import read_lesions
@@ -37,13 +37,7 @@ def _fast_cfg(**kw) -> PacsConfig:
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    why = orthanc_missing()
-    if why:
-        pytest.skip(why)
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_orthanc(tmp_path_factory.mktemp("orthanc"))
 
 
 @pytest.fixture(scope="module")

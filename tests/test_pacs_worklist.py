@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_phantom_dicom
-from orthanchelpers import OrthancServer, orthanc_missing
+from orthanchelpers import serve_orthanc
 from spine_ui.config import PacsConfig, StoreConfig
 from uihelpers import LIME_SAMPLES, value
 
@@ -45,13 +45,7 @@ DAYS = 30
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    why = orthanc_missing()
-    if why:
-        pytest.skip(why)
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc-wl"))
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_orthanc(tmp_path_factory.mktemp("orthanc-wl"))
 
 
 @pytest.fixture(scope="module")
