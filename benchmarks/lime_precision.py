@@ -23,15 +23,10 @@ import numpy as np  # noqa: E402
 
 import spine_ui  # noqa: E402,F401  (offline environment first)
 
-LESION_SETS = (["Osteophytes"], ["Surgical implant"], ["Disc space narrowing", "Vertebral collapse"], [],
-               ["Spondylolysthesis", "Osteophytes"], ["Foraminal stenosis"], [], ["Other lesions"])
-
-
 def studies(n: int, height: int) -> list[np.ndarray]:
-    from spine_ui.synth.phantom import render_spine
+    from spine_ui.bundle.precision import phantoms
 
-    return [render_spine(np.random.default_rng(100 + i), list(LESION_SETS[i % len(LESION_SETS)]), height=height)[0]
-            for i in range(n)]
+    return phantoms(n, height)
 
 
 def lime_agreement(path: Path, images: list[np.ndarray], samples: int | None) -> dict:
@@ -72,20 +67,14 @@ def lime_agreement(path: Path, images: list[np.ndarray], samples: int | None) ->
 
 
 def decision_dp(path: Path, images: list[np.ndarray]) -> dict:
-    from spine_ui.bundle.store import open_bundle
-    from spine_ui.core.preprocess import enhance
-    from spine_ui.core.triage import run_triage
+    """The bundle's bf16 decision-path check (``spine_ui.bundle.precision.run_check``; needs a BF16 CPU)."""
+    from spine_ui.bundle.manifest import read_manifest
+    from spine_ui.bundle.precision import run_check
 
-    fp32 = open_bundle(path, "onnx", lime_precision="fp32")
-    bf16 = open_bundle(path, "onnx", lime_precision="bf16", decision_precision="bf16")
-    dps, flips = [], 0
-    for img in images:
-        e = enhance(img, fp32.manifest.preprocess)
-        a, b = run_triage(e, fp32), run_triage(e, bf16)
-        dps.append(abs(a.probability - b.probability))
-        flips += int(a.abnormal != b.abnormal)
-    return {"bundle": fp32.manifest.name, "trained": fp32.manifest.trained, "studies": len(images),
-            "max_abs_dp": float(max(dps)), "median_abs_dp": float(np.median(dps)), "verdict_flips": flips}
+    c = run_check(path, images, f"{len(images)} synthetic phantoms")
+    return {"bundle": read_manifest(path).name, "trained": read_manifest(path).trained, "studies": c.studies,
+            "max_abs_dp": c.max_abs_dp, "median_abs_dp": c.median_abs_dp, "verdict_flips": c.verdict_flips,
+            "gate_flips": c.gate_flips, "passed": c.passed}
 
 
 def main(argv: list[str] | None = None) -> int:
